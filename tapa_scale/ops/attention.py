@@ -1,0 +1,139 @@
+"""One attention entry for every positional encoding: TAPA and the baselines it is compared with.
+
+`attention(q, k, v, encoding, ...)` is what the model's core-attention module and context parallelism
+call; `encoding` (a `PositionalEncoding`) says which score is used. Everything takes global token
+positions, so a sequence shard or a packed document is scored as in the full sequence.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import rope
+from .chunked import as_position_rows, check_qkv, chunked_attention
+
+ENCODINGS = ("tapa", "rope", "pi", "yarn", "nope", "alibi")
+IMPLS = ("auto", "reference", "triton")
+
+
+@dataclass(frozen=True)
+class PositionalEncoding:
+    """Which attention score to use and its parameters (paper defaults for TAPA)."""
+    kind: str = "tapa"
+    alpha: float = 0.1             # TAPA distance exponent
+    theta: float = 0.5             # TAPA amplitude share of the head dim
+    phase: str = "quadratic"       # TAPA phase form: quadratic | linear
+    rope_base: float = 10000.0     # rope, pi, yarn
+    scale: float = 1.0             # pi, yarn: context extension factor
+    original_length: int = 0       # yarn: the context length the base model was trained at
+    beta_fast: float = 32.0        # yarn ramp
+    beta_slow: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ENCODINGS:
+            raise ValueError(f"positional encoding must be one of {ENCODINGS}, got {self.kind!r}")
+
+    def inv_freq(self, head_dim: int) -> torch.Tensor:
+        """Rotary frequencies of rope / pi / yarn."""
+        if self.kind == "pi":
+            return rope.pi_inv_freq(head_dim, self.rope_base, self.scale)
+        if self.kind == "yarn":
+            return rope.yarn_inv_freq(head_dim, self.rope_base, self.scale, self.original_length,
+                                      self.beta_fast, self.beta_slow)
+        return rope.rope_inv_freq(head_dim, self.rope_base)
+
+
+def tapa_attention(q, k, v, *, alpha=0.1, theta=0.5, phase="quadratic", causal=True,
+                   q_positions=None, k_positions=None, q_segment_ids=None, k_segment_ids=None,
+                   return_lse=False, impl="auto"):
+    """TAPA attention (see tapa_reference.py for the formula, shapes and dtypes).
+
+    impl: "reference" (pure PyTorch, chunked), "triton" (fused kernel, GPU or Triton interpreter),
+    "auto" (the kernel for CUDA tensors when Triton is importable, else the reference).
+    """
+    from .tapa_reference import tapa_attention_reference
+
+    kwargs = dict(alpha=alpha, theta=theta, phase=phase, causal=causal, q_positions=q_positions,
+                  k_positions=k_positions, q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids,
+                  return_lse=return_lse)
+    if _pick_impl(impl, q) == "triton":
+        from .tapa_triton import tapa_attention_triton
+        return tapa_attention_triton(q, k, v, **kwargs)
+    return tapa_attention_reference(q, k, v, **kwargs)
+
+
+def _pick_impl(impl: str, q: torch.Tensor) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    if q.is_cuda and triton_available():
+        return "triton"
+    return "reference"
+
+
+def triton_available() -> bool:
+    try:
+        from . import tapa_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def dot_product_scores(q, k, q_pos, k_pos, *, scale: float, slopes: Optional[torch.Tensor]):
+    """Scaled dot-product logits for a query chunk, with an optional ALiBi bias.
+
+    q (B, Hkv, G, C, D), k (B, Hkv, Nk, D), q_pos (Bp, C), k_pos (Bp, Nk) -> (B, Hkv, G, C, Nk).
+    """
+    scores = (q @ k[:, :, None].transpose(-1, -2)) * scale
+    if slopes is not None:
+        distance = (q_pos[:, :, None] - k_pos[:, None, :]).abs().to(scores.dtype)  # (Bp, C, Nk)
+        hkv, g = q.shape[1], q.shape[2]
+        per_head = slopes.to(scores)[None, :, None, None].reshape(1, hkv, g, 1, 1)
+        scores = scores - per_head * distance[:, None, None]
+    return scores
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: PositionalEncoding, *,
+              causal: bool = True, q_positions=None, k_positions=None, q_segment_ids=None,
+              k_segment_ids=None, return_lse: bool = False, impl: str = "auto"):
+    """Attention under any positional encoding. q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D).
+
+    Positions and segment ids: (N,) or (B, N) integers (positions default to arange). Returns out
+    (B, Hq, Nq, D) in q's dtype and, with return_lse, lse (B, Hq, Nq) float32 (natural log).
+    """
+    masks = dict(causal=causal, q_positions=q_positions, k_positions=k_positions,
+                 q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids, return_lse=return_lse)
+    if encoding.kind == "tapa":
+        return tapa_attention(q, k, v, alpha=encoding.alpha, theta=encoding.theta,
+                              phase=encoding.phase, impl=impl, **masks)
+    check_qkv(q, k, v)
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    slopes = None
+    if encoding.kind in ("rope", "pi", "yarn"):
+        inv_freq = encoding.inv_freq(D)
+        q = rope.apply_rotary(q, as_position_rows(q_positions, q.shape[0], q.shape[2], q.device, "q_positions"), inv_freq)
+        k = rope.apply_rotary(k, as_position_rows(k_positions, k.shape[0], k.shape[2], k.device, "k_positions"), inv_freq)
+        if encoding.kind == "yarn":
+            scale *= rope.yarn_logit_scale(encoding.scale)
+    elif encoding.kind == "alibi":
+        slopes = rope.alibi_slopes(q.shape[1])
+    if _sdpa_applies(q, k, impl, slopes, masks):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+    score_fn = partial(dot_product_scores, scale=scale, slopes=slopes)
+    return chunked_attention(q, k, v, score_fn, **masks)
+
+
+def _sdpa_applies(q, k, impl, slopes, masks) -> bool:
+    """torch SDPA (flash / cuDNN) serves the plain case on GPU: default positions, no segments, no lse."""
+    plain = (masks["q_positions"] is None and masks["k_positions"] is None
+             and masks["q_segment_ids"] is None and not masks["return_lse"] and slopes is None
+             and q.shape[2] == k.shape[2])
+    return plain and impl != "reference" and q.is_cuda

@@ -1,0 +1,100 @@
+"""Each baseline pinned to its defining property, and all of them through the one attention entry."""
+import math
+
+import pytest
+import torch
+
+from tapa_scale.ops import PositionalEncoding, attention
+from tapa_scale.ops import rope
+
+
+def test_rope_scores_depend_only_on_distance():
+    """<R(m) q, R(n) k> is a function of m - n: shifting both positions changes nothing."""
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 32, dtype=torch.float64), torch.randn(1, 1, 1, 32, dtype=torch.float64)
+    f = rope.rope_inv_freq(32, 10000.0)
+    def score(m, n):
+        return (rope.apply_rotary(q, torch.tensor([m]), f) * rope.apply_rotary(k, torch.tensor([n]), f)).sum()
+    for shift in (1, 17, 100_000):
+        torch.testing.assert_close(score(9, 4), score(9 + shift, 4 + shift))
+    assert not torch.allclose(score(9, 4), score(9, 5))
+
+
+def test_pi_is_rope_at_scaled_positions():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 6, 16, dtype=torch.float64)
+    pos = torch.arange(6) * 5
+    got = rope.apply_rotary(x, pos, rope.pi_inv_freq(16, 500.0, 4.0))
+    want = rope.apply_rotary(x, pos.double() / 4.0, rope.rope_inv_freq(16, 500.0))
+    torch.testing.assert_close(got, want)
+
+
+def test_yarn_keeps_fast_dims_interpolates_slow_dims():
+    base, D, s, L = 10000.0, 64, 8.0, 4096
+    f, y = rope.rope_inv_freq(D, base), rope.yarn_inv_freq(D, base, s, L)
+    rotations = L * f / (2 * math.pi)
+    fast, slow = rotations > 32, rotations < 1
+    assert fast.any() and slow.any()
+    torch.testing.assert_close(y[fast], f[fast])
+    torch.testing.assert_close(y[slow], f[slow] / s)
+    mid = ~fast & ~slow
+    assert torch.all((y[mid] < f[mid]) & (y[mid] > f[mid] / s))
+    assert rope.yarn_logit_scale(s) == pytest.approx((0.1 * math.log(8) + 1) ** 2)
+    torch.testing.assert_close(rope.yarn_inv_freq(D, base, 1.0, L), f)
+
+
+def test_alibi_slopes_as_published():
+    torch.testing.assert_close(rope.alibi_slopes(8), torch.tensor([2.0 ** -i for i in range(1, 9)], dtype=torch.float64))
+    # 12 heads: the 8 slopes of 8 heads, then the odd-numbered slopes of 16 heads
+    want = [2.0 ** -i for i in range(1, 9)] + [2.0 ** -(i / 2) for i in (1, 3, 5, 7)]
+    torch.testing.assert_close(rope.alibi_slopes(12), torch.tensor(want, dtype=torch.float64))
+
+
+def naive(q, k, v, bias=None, scale=None):
+    s = q @ k.transpose(-1, -2) * (scale or 1 / math.sqrt(q.shape[-1]))
+    n = q.shape[2]
+    if bias is not None:
+        s = s + bias
+    s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def test_alibi_attention_adds_linear_distance_bias():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 9, 8, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(9)
+    bias = -rope.alibi_slopes(4)[:, None, None] * (pos[:, None] - pos[None, :]).abs()
+    torch.testing.assert_close(attention(q, k, v, PositionalEncoding("alibi")), naive(q, k, v, bias))
+
+
+def test_nope_is_plain_causal_attention_and_rope_rotates_first():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 11, 8, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(attention(q, k, v, PositionalEncoding("nope")), naive(q, k, v))
+    f = rope.rope_inv_freq(8, 10000.0)
+    pos = torch.arange(11)
+    want = naive(rope.apply_rotary(q, pos, f), rope.apply_rotary(k, pos, f), v)
+    torch.testing.assert_close(attention(q, k, v, PositionalEncoding("rope")), want)
+    yarn = PositionalEncoding("yarn", scale=4.0, original_length=8)
+    f = yarn.inv_freq(8)
+    want = naive(rope.apply_rotary(q, pos, f), rope.apply_rotary(k, pos, f), v,
+                 scale=rope.yarn_logit_scale(4.0) / math.sqrt(8))
+    torch.testing.assert_close(attention(q, k, v, yarn), want)
+
+
+@pytest.mark.parametrize("kind", ["rope", "pi", "yarn", "alibi", "nope", "tapa"])
+def test_query_shard_with_global_positions_equals_full_sequence(kind):
+    """What context parallelism needs: the last 5 queries, given their global positions, against all
+    keys produce exactly the last 5 rows of the full computation, and the lse of those rows."""
+    torch.manual_seed(0)
+    enc = PositionalEncoding(kind, scale=2.0, original_length=8)
+    q, k, v = torch.randn(1, 4, 12, 8), torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8)
+    full, lse = attention(q, k, v, enc, return_lse=True)
+    part, part_lse = attention(q[:, :, 7:], k, v, enc, q_positions=torch.arange(7, 12), return_lse=True)
+    torch.testing.assert_close(part, full[:, :, 7:])
+    torch.testing.assert_close(part_lse, lse[:, :, 7:])
+
+
+def test_unknown_encoding_is_named():
+    with pytest.raises(ValueError, match="'sinusoid'"):
+        PositionalEncoding("sinusoid")
