@@ -1,0 +1,120 @@
+"""Deterministic packing of documents into fixed-length samples, addressed by a global index.
+
+Epoch ``e`` of a split is one token stream: the documents in a fixed order (a permutation seeded
+by ``(seed, e)`` when shuffling, else file order), each followed by ``<|endoftext|>``. Packed
+sample ``k`` of the epoch is the window ``stream[k*L : k*L + L + 1]`` (consecutive windows share
+one token, so every token is a label exactly once); the tail shorter than a window is dropped.
+The global sample index ``g`` runs over epochs: ``g = e * samples_per_epoch + k``.
+
+Because a sample depends only on ``g``, any split of the global index among ranks/workers and any
+resume point (a global sample cursor) reproduces exactly the same samples.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import numpy as np
+
+ChunkReader = Callable[[int], np.ndarray]  # MDS sample index -> token ids
+
+
+class PackedIndex:
+    """Maps global packed-sample indices to token windows of a prepared split."""
+
+    def __init__(self, samples: np.ndarray, seq_len: int, eos_id: int, *, shuffle: bool,
+                 seed: int, read_chunk: ChunkReader, cache_tokens: int = 1 << 22):
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        doc_of_chunk, chunk_len = samples[:, 0], samples[:, 1]
+        self.n_docs = int(doc_of_chunk[-1]) + 1 if len(samples) else 0
+        # chunks of a document are consecutive MDS samples: first chunk and token offsets per chunk
+        self.doc_first_chunk = np.searchsorted(doc_of_chunk, np.arange(self.n_docs + 1))
+        self.chunk_start = np.concatenate([[0], np.cumsum(chunk_len)])  # over all chunks
+        doc_tokens = np.diff(self.chunk_start[self.doc_first_chunk])
+        self.doc_len = doc_tokens + 1  # + the end-of-document token
+        self.seq_len, self.eos_id, self.shuffle, self.seed = seq_len, eos_id, shuffle, seed
+        self.samples_per_epoch = max(0, int(self.doc_len.sum()) - 1) // seq_len
+        self._read_chunk, self._cache, self._cache_budget = read_chunk, OrderedDict(), cache_tokens
+        self._epoch, self._order, self._offsets = -1, None, None
+
+    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Document order and stream offsets of ``epoch`` (cached: consecutive reads share it)."""
+        if epoch != self._epoch:
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.n_docs)
+            else:
+                order = np.arange(self.n_docs)
+            self._order = order
+            self._offsets = np.concatenate([[0], np.cumsum(self.doc_len[order])])
+            self._epoch = epoch
+        return self._order, self._offsets
+
+    def window(self, g: int) -> np.ndarray:
+        """Tokens ``(L + 1,)`` int64 of global packed sample ``g``."""
+        if self.samples_per_epoch == 0:
+            raise ValueError("split has fewer than seq_len + 1 tokens; no sample can be packed")
+        epoch, k = divmod(int(g), self.samples_per_epoch)
+        order, offsets = self._layout(epoch)
+        start, end = k * self.seq_len, k * self.seq_len + self.seq_len + 1
+        i = int(np.searchsorted(offsets, start, side="right")) - 1
+        parts = []
+        while start < end:
+            doc = int(order[i])
+            lo = start - int(offsets[i])
+            hi = min(int(self.doc_len[doc]), end - int(offsets[i]))
+            parts.append(self._doc_tokens(doc, lo, hi))
+            start += hi - lo
+            i += 1
+        return np.concatenate(parts).astype(np.int64)
+
+    def _doc_tokens(self, doc: int, lo: int, hi: int) -> np.ndarray:
+        """Tokens [lo, hi) of a document followed by its EOS (index doc_len - 1)."""
+        n = int(self.doc_len[doc]) - 1
+        out = []
+        if lo < n:
+            first, last = self.doc_first_chunk[doc], self.doc_first_chunk[doc + 1]
+            base = self.chunk_start[first]
+            c = first + int(np.searchsorted(self.chunk_start[first:last + 1], base + lo,
+                                            side="right")) - 1
+            pos = lo
+            while pos < min(hi, n):
+                chunk = self._chunk(c)
+                c_lo = pos - (self.chunk_start[c] - base)
+                take = chunk[c_lo:c_lo + min(hi, n) - pos]
+                out.append(take)
+                pos += len(take)
+                c += 1
+        if hi > n:
+            out.append(np.array([self.eos_id], dtype=np.int64))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def _chunk(self, c: int) -> np.ndarray:
+        """An MDS sample's tokens, through a small LRU cache (neighbouring windows share chunks)."""
+        if c in self._cache:
+            self._cache.move_to_end(c)
+            return self._cache[c]
+        tokens = self._read_chunk(int(c))
+        self._cache[c] = tokens
+        held = sum(len(v) for v in self._cache.values())
+        while held > self._cache_budget and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            held -= len(old)
+        return tokens
+
+
+def sample_fields(window: np.ndarray, eos_id: int) -> dict[str, np.ndarray]:
+    """input_ids, labels, position_ids, segment_ids (each ``(L,)`` int64) of one window.
+
+    A document starts at the sample's first token and after every EOS in the inputs; positions
+    count from 0 at each start and segment ids number the documents of the sample from 0.
+    """
+    inputs, labels = window[:-1], window[1:]
+    n = len(inputs)
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    starts[1:] = inputs[:-1] == eos_id
+    idx = np.arange(n)
+    last_start = np.maximum.accumulate(np.where(starts, idx, 0))
+    return {"input_ids": inputs, "labels": labels, "position_ids": idx - last_start,
+            "segment_ids": np.cumsum(starts) - 1}
