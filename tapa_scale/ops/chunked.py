@@ -104,7 +104,8 @@ def chunked_attention(
         n_keys = _sorted_prefix_len(k_pos, qp.max()) if prefix else Nk
         args = (qg[:, :, :, start:stop], kc[:, :, :n_keys], vc[:, :, :n_keys], qp, k_pos[:, :n_keys],
                 qs, None if k_seg is None else k_seg[:, :n_keys], score_fn, causal)
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        # A single chunk holds the same scores whether checkpointed or not: recomputing it would be waste.
+        if Nq > chunk_size and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             o, lse = checkpoint(_chunk, *args, use_reentrant=False)
         else:
             o, lse = _chunk(*args)

@@ -1,0 +1,94 @@
+"""The `model` section of the configuration: architecture sizes and the positional encoding."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ops.attention import ENCODINGS, IMPLS, PositionalEncoding
+from ..ops.tapa_reference import PHASES
+
+
+@dataclass
+class TapaConfig:
+    alpha: float = 0.1          # distance exponent in |m-n|^alpha (paper default)
+    theta: float = 0.5          # share of each head's dims used for the amplitude
+    phase: str = "quadratic"    # quadratic (the method) | linear (the paper's ablation)
+
+
+@dataclass
+class RopeConfig:
+    base: float = 10000.0       # rope, pi, yarn
+    scale: float = 1.0          # pi, yarn: context extension factor
+    original_length: int = 0    # yarn: training length of the base model (0 = data.seq_len)
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 4
+    hidden_size: int = 128
+    num_heads: int = 4
+    num_kv_heads: int = 0       # grouped-query attention; 0 = num_heads (plain multi-head)
+    ffn_hidden_size: int = 0    # SwiGLU width; 0 = 8/3 * hidden_size rounded up to a multiple of 64
+    vocab_size: int = 0         # 0 = the tokenizer's vocabulary size
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    pos_encoding: str = "tapa"  # tapa | rope | pi | yarn | nope | alibi
+    attention_impl: str = "auto"  # auto | reference | triton (TAPA only)
+    tapa: TapaConfig = field(default_factory=TapaConfig)
+    rope: RopeConfig = field(default_factory=RopeConfig)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_hidden_size or -(-(8 * self.hidden_size // 3) // 64) * 64
+
+    def encoding(self, seq_len: int = 0) -> PositionalEncoding:
+        r, t = self.rope, self.tapa
+        return PositionalEncoding(kind=self.pos_encoding, alpha=t.alpha, theta=t.theta, phase=t.phase,
+                                  rope_base=r.base, scale=r.scale,
+                                  original_length=r.original_length or seq_len,
+                                  beta_fast=r.beta_fast, beta_slow=r.beta_slow)
+
+
+def validate_model(m: ModelConfig) -> list[str]:
+    """Problems with the model section, each naming its key, value and what is allowed."""
+    errs = []
+    for key in ("num_layers", "hidden_size", "num_heads"):
+        if getattr(m, key) <= 0:
+            errs.append(f"model.{key}={getattr(m, key)}: must be > 0")
+    if errs:
+        return errs
+    if m.hidden_size % m.num_heads:
+        errs.append(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    if m.num_kv_heads < 0 or m.num_heads % m.kv_heads:
+        errs.append(f"model.num_kv_heads={m.num_kv_heads} must divide model.num_heads={m.num_heads} (0 = num_heads)")
+    if m.pos_encoding not in ENCODINGS:
+        errs.append(f"model.pos_encoding={m.pos_encoding!r}: expected one of {', '.join(ENCODINGS)}")
+    if m.attention_impl not in IMPLS:
+        errs.append(f"model.attention_impl={m.attention_impl!r}: expected one of {', '.join(IMPLS)}")
+    if not 0.0 < m.tapa.theta < 1.0:
+        errs.append(f"model.tapa.theta={m.tapa.theta}: must lie strictly between 0 and 1")
+    elif m.hidden_size % m.num_heads == 0:
+        d_amp = round(m.tapa.theta * m.head_dim)
+        if m.pos_encoding == "tapa" and not 0 < d_amp < m.head_dim:
+            errs.append(f"model.tapa.theta={m.tapa.theta} leaves no amplitude or phase dims of head_dim={m.head_dim}")
+    if not m.tapa.alpha > 0.0:
+        errs.append(f"model.tapa.alpha={m.tapa.alpha}: must be > 0")
+    if m.tapa.phase not in PHASES:
+        errs.append(f"model.tapa.phase={m.tapa.phase!r}: expected one of {', '.join(PHASES)}")
+    if m.pos_encoding in ("rope", "pi", "yarn") and m.head_dim % 2:
+        errs.append(f"model.pos_encoding={m.pos_encoding} needs an even head dim, got {m.head_dim}")
+    if not m.rope.base > 1.0:
+        errs.append(f"model.rope.base={m.rope.base}: must be > 1")
+    if not m.rope.scale >= 1.0:
+        errs.append(f"model.rope.scale={m.rope.scale}: must be >= 1")
+    return errs

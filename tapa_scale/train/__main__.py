@@ -1,0 +1,35 @@
+"""`python -m tapa_scale.train --config FILE [key=value ...]` (console script `tapa-train`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import ConfigError, load_config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tapa-train", description="Train (or resume) a TAPA / RoPE-family language model.",
+        epilog="Overrides are dotted keys of the config schema, e.g. train.steps=200 model.pos_encoding=rope "
+               "model.tapa.alpha=0.1 parallel.tp=2. The same command resumes from the latest complete "
+               "checkpoint in run.dir.")
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from ..data import DataError
+    from .loop import train
+    try:
+        train(cfg)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The `run` and `train` sections of the configuration."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"   # metrics.jsonl, TensorBoard events, checkpoints/ and the resolved config
+    tensorboard: bool = True
+    progress: bool = True       # rich progress bar on rank 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    micro_batch_size: int = 16      # sequences per forward pass on each data-parallel rank
+    global_batch_size: int = 0      # sequences per optimizer step; 0 = micro_batch_size * data-parallel size
+    lr: float = 1e-3                # peak learning rate
+    min_lr_ratio: float = 0.1       # cosine decays to lr * min_lr_ratio (paper: 0.1)
+    warmup_steps: int = 100         # linear warm-up
+    beta1: float = 0.9              # AdamW betas and eps as in the paper
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0       # paper: none
+    grad_clip: float = 1.0          # max global gradient norm; 0 = off
+    document_masking: bool = False  # attend only within each packed document (positions restart at 0)
+    log_every: int = 10
+    eval_every: int = 0             # validation loss every N steps; 0 = only at the end
+    eval_batches: int = 16
+    checkpoint_every: int = 0       # 0 = only at the end
+    precision: str = "auto"         # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
+    device: str = "auto"            # auto | cpu | cuda
+    threads: int = 0                # CPU threads for torch; 0 = torch's default
+
+
+def validate_train(t: TrainConfig) -> list[str]:
+    errs = []
+    for key in ("steps", "micro_batch_size", "log_every", "eval_batches"):
+        if getattr(t, key) <= 0:
+            errs.append(f"train.{key}={getattr(t, key)}: must be > 0")
+    for key in ("global_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "threads",
+                "weight_decay", "grad_clip"):
+        if getattr(t, key) < 0:
+            errs.append(f"train.{key}={getattr(t, key)}: must be >= 0")
+    if not t.lr > 0:
+        errs.append(f"train.lr={t.lr}: must be > 0")
+    if not 0 <= t.min_lr_ratio <= 1:
+        errs.append(f"train.min_lr_ratio={t.min_lr_ratio}: must lie in [0, 1]")
+    if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
+        errs.append(f"train.beta1/beta2=({t.beta1}, {t.beta2}): each must lie in [0, 1)")
+    if t.precision not in ("auto", "fp32", "bf16"):
+        errs.append(f"train.precision={t.precision!r}: expected auto, fp32 or bf16")
+    if t.device not in ("auto", "cpu", "cuda"):
+        errs.append(f"train.device={t.device!r}: expected auto, cpu or cuda")
+    return errs
