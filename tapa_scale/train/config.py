@@ -29,7 +29,8 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0             # validation loss every N steps; 0 = only at the end
     eval_batches: int = 16
-    checkpoint_every: int = 0       # 0 = only at the end
+    checkpoint_every: int = 0       # 0 = no periodic checkpoints
+    final_checkpoint: bool = True   # checkpoint after the last step
     precision: str = "auto"         # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
     device: str = "auto"            # auto | cpu | cuda
     threads: int = 0                # CPU threads for torch; 0 = torch's default
