@@ -1,0 +1,217 @@
+"""Small @triton.jit building blocks shared by the fused TAPA kernels (forward and backward).
+
+Each helper is run alone by a tiny test kernel under TRITON_INTERPRET=1 (tests/ops/test_tapa_triton.py),
+so a wrong helper fails on its own rather than inside an attention diff. Kernels that use them live in
+tapa_triton_fwd.py and tapa_triton_bwd.py; the math they implement is tapa_reference.py's.
+
+Switches are constexpr flags. FAST selects the GPU fast path (PTX `cos.approx` / `sin.approx` /
+`lg2.approx` / `ex2.approx` through inline asm); FAST=False is the interpreter-safe twin (tl.cos, tl.sin,
+tl.log2, tl.exp2: libdevice on a GPU). Both twins reduce the phase angle to [-pi, pi] first, so the
+interpreter tests exercise the same range reduction the GPU fast path relies on.
+"""
+from __future__ import annotations
+
+import math
+
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+INV_TWO_PI: tl.constexpr = tl.constexpr(1.0 / (2.0 * math.pi))
+# Cody-Waite split of 2*pi. HI and MID carry 8 significant bits each, so k*HI and k*MID are exact in
+# fp32 for |k| < 2**16 (|angle| < ~4.1e5) and x - k*HI is exact (Sterbenz). LO is the fp32 rounding of
+# the remainder; its error times k stays below 1e-8. Works with or without FMA contraction.
+TWO_PI_HI: tl.constexpr = tl.constexpr(6.28125)                       # 201 / 32
+TWO_PI_MID: tl.constexpr = tl.constexpr(253.0 / 128.0 / 1024.0)       # 0.00193023681640625
+TWO_PI_LO: tl.constexpr = tl.constexpr(2.0 * math.pi - 6.28125 - 253.0 / 128.0 / 1024.0)
+# Sentinels for min/max over masked position/segment ids (int64).
+ID_BIG: tl.constexpr = tl.constexpr(2**62)
+
+
+# ----------------------------------------------------------------------------------------------------
+# transcendental twins
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def reduce_two_pi(x):
+    """x - 2*pi*round(x / 2*pi) in fp32: an angle in [-pi, pi] (to ~2 ulp of pi) for |x| < ~4.1e5."""
+    k = tl.floor(x * INV_TWO_PI + 0.5)
+    r = x - k * TWO_PI_HI
+    r = r - k * TWO_PI_MID
+    return r - k * TWO_PI_LO
+
+
+@triton.jit
+def _cos_approx(x):
+    return tl.inline_asm_elementwise("cos.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _sin_approx(x):
+    return tl.inline_asm_elementwise("sin.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _log2_approx(x):
+    return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _exp2_approx(x):
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def tapa_cos(x, FAST: tl.constexpr):
+    """cos(x) for fp32 x of any size the fp32 phase can hold (see reduce_two_pi)."""
+    r = reduce_two_pi(x)
+    if FAST:
+        # cos.approx.f32 is accurate to ~2^-20.5 absolute only on a bounded range: reduce first.
+        y = _cos_approx(r)
+    else:
+        y = tl.cos(r)
+    return y
+
+
+@triton.jit
+def tapa_sin(x, FAST: tl.constexpr):
+    """sin(x), same reduction and twins as tapa_cos (the backward needs both)."""
+    r = reduce_two_pi(x)
+    if FAST:
+        y = _sin_approx(r)
+    else:
+        y = tl.sin(r)
+    return y
+
+
+@triton.jit
+def scaled_pow(dist, alpha, log2_scale, FAST: tl.constexpr):
+    """scale * dist**alpha for dist >= 0 (0 at dist == 0, alpha > 0); log2_scale = log2(scale).
+
+    Written as exp2(alpha*log2(dist) + log2_scale): no `**` on tensors in Triton, and the constant
+    2*pi/sqrt(d_phase) of the phase angle folds into the exponent for free.
+    """
+    pos = dist > 0.0
+    safe = tl.where(pos, dist, 1.0)  # keeps log2(0) = -inf (and its warning) out of the tile
+    if FAST:
+        y = _exp2_approx(alpha * _log2_approx(safe) + log2_scale)
+    else:
+        y = tl.exp2(alpha * tl.log2(safe) + log2_scale)
+    return tl.where(pos, y, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ids, masks, tiles
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def load_ids(ptr, offs, valid, HAS: tl.constexpr):
+    """Positions / segment ids at offs as int64; without a tensor (HAS=False) the ids are offs (arange)."""
+    if HAS:
+        ids = tl.load(ptr + offs, mask=valid, other=0).to(tl.int64)
+    else:
+        ids = offs.to(tl.int64)
+    return ids
+
+
+@triton.jit
+def id_bounds(ids, valid):
+    """(min, max) of ids over valid entries along the last axis (sentinels where nothing is valid)."""
+    lo = tl.min(tl.where(valid, ids, ID_BIG), axis=len(ids.shape) - 1)
+    hi = tl.max(tl.where(valid, ids, -ID_BIG), axis=len(ids.shape) - 1)
+    return lo, hi
+
+
+@triton.jit
+def keep_mask(q_pos, k_pos, q_seg, k_seg, valid, CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr):
+    """Which (query, key) pairs the softmax keeps: valid (in range) & causal & same segment.
+
+    Inputs broadcast to the tile's shape; q_seg / k_seg are ignored without segments."""
+    keep = valid
+    if CAUSAL:
+        keep = keep & (k_pos <= q_pos)
+    if HAS_SEG:
+        keep = keep & (q_seg == k_seg)
+    return keep
+
+
+@triton.jit
+def masked_load(ptrs, mask_a, mask_b, USE_A: tl.constexpr, USE_B: tl.constexpr):
+    """tl.load with only the masks a stage needs (constexpr), zero where masked."""
+    if USE_A and USE_B:
+        x = tl.load(ptrs, mask=mask_a & mask_b, other=0.0)
+    elif USE_A:
+        x = tl.load(ptrs, mask=mask_a, other=0.0)
+    elif USE_B:
+        x = tl.load(ptrs, mask=mask_b, other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def phase_angle(phi, dist, alpha, phase_log2_scale, FAST: tl.constexpr):
+    """(angle, w) with w = 2*pi*dist**alpha/sqrt(d_phase) and angle = w * phi_raw (phi_raw unscaled)."""
+    w = scaled_pow(dist, alpha, phase_log2_scale, FAST)
+    return phi * w, w
+
+
+# ----------------------------------------------------------------------------------------------------
+# block skipping from per-block position / segment bounds
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def visit_range(self_pmin, self_pmax, self_smin, self_smax, pos_ptr, seg_ptr, n_other,
+                BLOCK: tl.constexpr, SCAN: tl.constexpr, SELF_IS_Q: tl.constexpr,
+                CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_SEG: tl.constexpr):
+    """Which blocks of the other side (keys for a query block, queries for a key block) to visit.
+
+    Returns block indices (lo, full_lo, full_hi, hi): visit [lo, hi) and skip the rest, because
+    every pair there is masked (causal: all other positions on the wrong side; segments: disjoint id
+    ranges). Blocks in [full_lo, full_hi) need no mask at all (complete, causally fully visible, one
+    shared segment), the others in [lo, hi) are visited with masks. Decided from per-block min/max of
+    positions and segment ids, so the skipping is exact for monotone positions and the masking is
+    correct for any positions. When the unmasked blocks are not contiguous, full_lo = full_hi = hi.
+    """
+    n_blocks = tl.cdiv(n_other, BLOCK)
+    if CAUSAL or HAS_SEG:
+        lo = n_blocks
+        hi = n_blocks * 0
+        full_lo = n_blocks
+        full_hi = n_blocks * 0
+        n_full = n_blocks * 0
+        for c in range(0, n_blocks, SCAN):
+            jb = c + tl.arange(0, SCAN)                                     # (SCAN,) block ids
+            offs = jb[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]       # (SCAN, BLOCK)
+            valid = offs < n_other
+            need = jb < n_blocks
+            full = need & ((jb + 1) * BLOCK <= n_other)
+            if CAUSAL:
+                pmin, pmax = id_bounds(load_ids(pos_ptr, offs, valid, HAS_POS), valid)
+                if SELF_IS_Q:   # self = query block: keys at or before some of its queries
+                    need = need & (pmin <= self_pmax)
+                    full = full & (pmax <= self_pmin)
+                else:           # self = key block: queries at or after some of its keys
+                    need = need & (pmax >= self_pmin)
+                    full = full & (pmin >= self_pmax)
+            if HAS_SEG:
+                smin, smax = id_bounds(load_ids(seg_ptr, offs, valid, True), valid)
+                need = need & (smin <= self_smax) & (smax >= self_smin)
+                full = full & (smin == smax) & (self_smin == self_smax) & (smin == self_smin)
+            full = full & need
+            lo = tl.minimum(lo, tl.min(tl.where(need, jb, n_blocks)))
+            hi = tl.maximum(hi, tl.max(tl.where(need, jb + 1, 0)))
+            full_lo = tl.minimum(full_lo, tl.min(tl.where(full, jb, n_blocks)))
+            full_hi = tl.maximum(full_hi, tl.max(tl.where(full, jb + 1, 0)))
+            n_full += tl.sum(full.to(tl.int32))
+        one_run = (n_full > 0) & (n_full == full_hi - full_lo)
+        full_lo = tl.where(one_run, full_lo, hi)
+        full_hi = tl.where(one_run, full_hi, hi)
+    else:
+        lo = n_blocks * 0
+        hi = n_blocks
+        full_lo = n_blocks * 0
+        full_hi = n_other // BLOCK
+    return lo, full_lo, full_hi, hi

@@ -1,0 +1,530 @@
+"""The fused TAPA kernel (tapa_scale/ops/tapa_triton*.py) against the chunked reference.
+
+On CPU everything runs in the Triton interpreter (fp32 / fp16, small shapes, 32-wide tiles so short
+sequences span several blocks); on a GPU the same tests run compiled, plus GPU-only ones (bf16, longer
+sequences, the inline-asm fast cos). Without pytest (the GPU machine may lack it) run
+`python -m tests.ops.test_tapa_triton [--gpu-only] [--json FILE]`; tools/gpu_checks.sh does.
+
+Tolerances:
+- fp32: |kernel - reference| <= 1e-4 * max(1, max|reference|). Both sum the same fp32 products in a
+  different order (~N * 2^-24 relative), and the phase derivative multiplies rounding by 2*pi*d^alpha*|a|,
+  so gradients reach ~50 on random inputs: 1e-4 of the largest entry covers the order change with margin.
+- fp16 / bf16: |kernel - exact| <= 2 * |reference_in_same_dtype - exact| + eps(dtype)/4 * max(1, max|exact|),
+  exact = the reference in fp64 on the same rounded inputs (flash-attention's rule, plus a floor of a
+  quarter ulp at 1.0 for entries the reference happens to round exactly).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+GPU = torch.cuda.is_available()
+if not GPU:  # must precede the first @triton.jit of the kernel modules (tests/conftest.py does it too)
+    os.environ["TRITON_INTERPRET"] = "1"
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+try:
+    import pytest
+except ImportError:  # plain-python runner below
+    pytest = None
+
+
+def _kernel_modules():
+    """Import the kernel modules; if an earlier import compiled them for the GPU path on a CPU-only
+    machine (TRITON_INTERPRET unset at the time), reload them as interpreted functions."""
+    names = ["tapa_scale.ops.tapa_triton_jit", "tapa_scale.ops.tapa_triton_fwd",
+             "tapa_scale.ops.tapa_triton_bwd", "tapa_scale.ops.tapa_triton"]
+    mods = [importlib.import_module(n) for n in names]
+    if not GPU and type(mods[1]._tapa_fwd_kernel).__name__ != "InterpretedFunction":
+        mods = [importlib.reload(m) for m in mods]
+    return mods
+
+
+J, _FWD, _BWD, TT = _kernel_modules()
+from tapa_scale.ops.tapa_reference import tapa_attention_reference as reference  # noqa: E402
+
+DEVICE = torch.device("cuda" if GPU else "cpu")
+GPU_ONLY = "gpu_only"
+
+
+def parametrize(names: str, cases: list):
+    """pytest.mark.parametrize when pytest is there; otherwise remember the cases for the runner."""
+    def wrap(fn):
+        fn._cases = (names, cases)
+        return pytest.mark.parametrize(names, cases)(fn) if pytest else fn
+    return wrap
+
+
+def gpu_only(fn):
+    fn._gpu_only = True
+    if pytest:
+        return pytest.mark.skipif(not GPU, reason="needs a CUDA GPU (bf16 / inline asm / long sequences)")(fn)
+    return fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------
+def make(B, Hq, Hkv, Nq, Nk, D, seed=0, phase_scale=1.0, theta=0.5):
+    """q, k, v, dout, dlse in fp32 on DEVICE; phase_scale multiplies the phase dims of q and k."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, h, n, D, generator=g) for h, n in ((Hq, Nq), (Hkv, Nk), (Hkv, Nk)))
+    d_amp = round(theta * D)
+    q[..., d_amp:] *= phase_scale
+    k[..., d_amp:] *= phase_scale
+    dout = torch.randn(B, Hq, Nq, D, generator=g)
+    dlse = torch.randn(B, Hq, Nq, generator=g)
+    return [t.to(DEVICE) for t in (q, k, v, dout, dlse)]
+
+
+def run(fn, tensors, dtype, use_dlse=True, **kw):
+    """[out, lse, dq, dk, dv] of fn on the inputs cast to dtype (dlse enters unless use_dlse=False)."""
+    q, k, v, dout, dlse = tensors
+    qq, kk, vv = (t.to(dtype).requires_grad_() for t in (q, k, v))
+    out, lse = fn(qq, kk, vv, return_lse=True, **kw)
+    if use_dlse:
+        grads = torch.autograd.grad((out, lse), (qq, kk, vv), (dout.to(dtype), dlse.float()))
+    else:
+        grads = torch.autograd.grad(out, (qq, kk, vv), dout.to(dtype))
+    return [out, lse, *grads]
+
+
+def err(a, b) -> float:
+    """max |a - b| in fp64; -inf entries must coincide (a row with no key)."""
+    a, b = a.detach().double(), b.detach().double()
+    inf_a, inf_b = torch.isinf(a), torch.isinf(b)
+    assert torch.equal(inf_a, inf_b) and torch.equal(a[inf_a], b[inf_b]), "-inf pattern differs"
+    assert not torch.isnan(a).any(), "NaN in kernel result"
+    d = (a - b)[~inf_a]
+    return d.abs().max().item() if d.numel() else 0.0
+
+
+def scale(t) -> float:
+    t = t.detach().double()
+    t = t[torch.isfinite(t)]
+    return max(1.0, t.abs().max().item()) if t.numel() else 1.0
+
+
+NAMES = ("out", "lse", "dq", "dk", "dv")
+
+
+def check_fp32(tensors, use_dlse=True, **kw):
+    got = run(TT.tapa_attention_triton, tensors, torch.float32, use_dlse, **kw)
+    want = run(reference, tensors, torch.float32, use_dlse, **kw)
+    for name, a, b in zip(NAMES, got, want):
+        assert err(a, b) <= 1e-4 * scale(b), f"{name}: err {err(a, b):.3g} scale {scale(b):.3g}"
+    return got
+
+
+def check_lowp(tensors, dtype, use_dlse=True, **kw):
+    """Kernel error vs fp64 at most twice the reference's own error in dtype, plus a small floor."""
+    rounded = [t.to(dtype).float() if i < 4 else t for i, t in enumerate(tensors)]
+    got = run(TT.tapa_attention_triton, rounded, dtype, use_dlse, **kw)
+    ref_lowp = run(reference, rounded, dtype, use_dlse, **kw)
+    exact = run(reference, rounded, torch.float64, use_dlse, **kw)
+    floor = torch.finfo(dtype).eps / 4
+    report = {}
+    for name, a, r, e in zip(NAMES, got, ref_lowp, exact):
+        ka, kr = err(a, e), err(r, e)
+        report[name] = (ka, kr)
+        assert ka <= 2 * kr + floor * scale(e), f"{name}: kernel {ka:.3g} vs reference {kr:.3g} (scale {scale(e):.3g})"
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------
+# helper kernels, one tiny test kernel each
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _trig_kernel(X, C, S, R, n, FAST: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    x = tl.load(X + offs, mask=ok)
+    tl.store(C + offs, J.tapa_cos(x, FAST), mask=ok)
+    tl.store(S + offs, J.tapa_sin(x, FAST), mask=ok)
+    tl.store(R + offs, J.reduce_two_pi(x), mask=ok)
+
+
+def trig_errors(limit: float, fast: bool, n: int = 1 << 14, seed=0):
+    """Max |cos - cos64|, |sin - sin64| over fp32 x uniform in [-limit, limit], and max |reduced x|."""
+    g = torch.Generator().manual_seed(seed)
+    x = ((torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * limit).float().to(DEVICE)
+    c, s, r = (torch.empty_like(x) for _ in range(3))
+    _trig_kernel[(triton.cdiv(n, 1024),)](x, c, s, r, n, FAST=fast, BLOCK=1024)
+    xd = x.double()
+    return ((c.double() - torch.cos(xd)).abs().max().item(), (s.double() - torch.sin(xd)).abs().max().item(),
+            r.abs().max().item())
+
+
+@parametrize("limit", [math.pi, 1e4, 4e5])
+def test_reduced_cos_sin_accurate_at_large_arguments(limit):
+    """Would catch a range reduction that loses digits for large phase angles (big |q_P.k_P|, far tokens)."""
+    ce, se, rmax = trig_errors(limit, fast=False)
+    assert rmax <= math.pi * (1 + 2e-2)
+    assert ce <= 3e-7 and se <= 3e-7, (ce, se)
+
+
+@triton.jit
+def _pow_kernel(Dist, Y, n, alpha, log2_scale, FAST: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    ok = offs < n
+    tl.store(Y + offs, J.scaled_pow(tl.load(Dist + offs, mask=ok, other=0.0), alpha, log2_scale, FAST), mask=ok)
+
+
+@parametrize("alpha", [0.1, 0.5])
+def test_scaled_pow(alpha, fast=False):
+    """Would catch pow(0, alpha) != 0, a missing scale, or a wrong exponent."""
+    dist = torch.tensor([0, 1, 2, 3, 7, 100, 4095, 65536, 131071, 131072], dtype=torch.float32, device=DEVICE)
+    y = torch.empty_like(dist)
+    sc = 2 * math.pi / math.sqrt(32)
+    _pow_kernel[(1,)](dist, y, dist.numel(), alpha, math.log2(sc), FAST=fast, BLOCK=16)
+    want = sc * dist.double() ** alpha
+    assert y[0].item() == 0.0
+    assert ((y.double() - want).abs() / want.clamp_min(1e-30))[1:].max().item() <= 2e-6
+
+
+@triton.jit
+def _keep_kernel(QP, KP, QS, KS, Out, nq, nk, CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr, BLOCK: tl.constexpr):
+    m = tl.arange(0, BLOCK)
+    n = tl.arange(0, BLOCK)
+    qp = J.load_ids(QP, m, m < nq, True)
+    kp = J.load_ids(KP, n, n < nk, True)
+    qs = J.load_ids(QS, m, m < nq, HAS_SEG)
+    ks = J.load_ids(KS, n, n < nk, HAS_SEG)
+    keep = J.keep_mask(qp[:, None], kp[None, :], qs[:, None], ks[None, :], (m < nq)[:, None] & (n < nk)[None, :],
+                       CAUSAL, HAS_SEG)
+    tl.store(Out + m[:, None] * BLOCK + n[None, :], keep.to(tl.int32))
+
+
+@parametrize("causal,segments", [(True, False), (True, True), (False, True)])
+def test_keep_mask(causal, segments):
+    """Would catch an inverted causal comparison or a segment test against the wrong side."""
+    qp = torch.tensor([5, 6, 7, 40, 41, 0, 1], device=DEVICE)
+    kp = torch.tensor([0, 5, 6, 8, 40, 2, 41, 3, 1], device=DEVICE)
+    qs = torch.tensor([0, 0, 0, 1, 1, 2, 2], device=DEVICE)
+    ks = torch.tensor([0, 0, 0, 0, 1, 2, 1, 2, 2], device=DEVICE)
+    out = torch.zeros(16, 16, dtype=torch.int32, device=DEVICE)
+    _keep_kernel[(1,)](qp, kp, qs, ks, out, 7, 9, CAUSAL=causal, HAS_SEG=segments, BLOCK=16)
+    want = torch.ones(7, 9, dtype=torch.bool, device=DEVICE)
+    if causal:
+        want &= kp[None, :] <= qp[:, None]
+    if segments:
+        want &= qs[:, None] == ks[None, :]
+    assert torch.equal(out[:7, :9].bool(), want) and out[7:].sum() == 0 and out[:, 9:].sum() == 0
+
+
+@triton.jit
+def _visit_kernel(SP, SS, OP, OS, Out, n_self, n_other, SELF_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+                  SELF_IS_Q: tl.constexpr, CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr):
+    i = tl.program_id(0)
+    offs = i * SELF_BLOCK + tl.arange(0, SELF_BLOCK)
+    ok = offs < n_self
+    pmin, pmax = J.id_bounds(J.load_ids(SP, offs, ok, True), ok)
+    smin, smax = J.id_bounds(J.load_ids(SS, offs, ok, HAS_SEG), ok)
+    lo, flo, fhi, hi = J.visit_range(pmin, pmax, smin, smax, OP, OS, n_other, BLOCK, 2, SELF_IS_Q, CAUSAL,
+                                     True, HAS_SEG)
+    tl.store(Out + i * 4 + tl.arange(0, 4), tl.where(tl.arange(0, 4) == 0, lo, tl.where(
+        tl.arange(0, 4) == 1, flo, tl.where(tl.arange(0, 4) == 2, fhi, hi))))
+
+
+def _visit_truth(sp, ss, op, os_, sb, ob, self_is_q, causal, seg):
+    """Brute force per self block: (set of other blocks with a kept pair, set of blocks fully kept)."""
+    res = []
+    for i in range(0, len(sp), sb):
+        a, sa = sp[i:i + sb], ss[i:i + sb]
+        need, full = set(), set()
+        for j in range(0, len(op), ob):
+            b, sbb = op[j:j + ob], os_[j:j + ob]
+            qp, kp, qs, ks = (a, b, sa, sbb) if self_is_q else (b, a, sbb, sa)
+            keep = torch.ones(len(qp), len(kp), dtype=torch.bool)
+            if causal:
+                keep &= kp[None, :] <= qp[:, None]
+            if seg:
+                keep &= qs[:, None] == ks[None, :]
+            if keep.any():
+                need.add(j // ob)
+            if keep.all() and len(b) == ob:
+                full.add(j // ob)
+        res.append((need, full))
+    return res
+
+
+VISIT_LAYOUTS = {  # name: (self positions, self segments, other positions, other segments, monotone)
+    "causal_self": (list(range(70)), [0] * 70, list(range(70)), [0] * 70, True),
+    # a query block whose last position (48) is a key block's first: catches < for <=
+    "cp_chunk": ([33 + i for i in range(31)], [0] * 31, list(range(100)), [0] * 100, True),
+    # a query block whose first position (31) is a key block's last: the block needs no mask
+    "cp_chunk_b": ([31 + i for i in range(31)], [0] * 31, list(range(100)), [0] * 100, True),
+    # positions restart per document: not monotone, so a block straddling a document start may be
+    # visited (masked) without a kept pair; correctness is what the test asks there
+    "packed_docs": ([i % 30 for i in range(90)], [i // 30 for i in range(90)],
+                    [i % 30 for i in range(90)], [i // 30 for i in range(90)], False),
+    "shuffled": ([(i * 37) % 64 for i in range(64)], [0] * 64, [(i * 11) % 64 for i in range(64)], [0] * 64, False),
+}
+
+
+@parametrize("layout", list(VISIT_LAYOUTS))
+def test_visit_range_exact_for_monotone_positions(layout):
+    """Would catch skipping a block that holds a kept pair (wrong output) or, for monotone positions,
+    visiting blocks that are all masked / masking blocks that need no mask (lost speed)."""
+    *ids, monotone = VISIT_LAYOUTS[layout]
+    sp, ss, op, os_ = (torch.tensor(x, dtype=torch.int64) for x in ids)
+    causal, seg = True, layout == "packed_docs"
+    for self_is_q, (sb, ob) in ((True, (16, 16)), (False, (16, 32))):
+        n_self = len(sp)
+        out = torch.zeros(triton.cdiv(n_self, sb) * 4, dtype=torch.int32, device=DEVICE)
+        args = [t.to(DEVICE) for t in (sp, ss, op, os_)]
+        _visit_kernel[(triton.cdiv(n_self, sb),)](*args, out, n_self, len(op), SELF_BLOCK=sb, BLOCK=ob,
+                                                 SELF_IS_Q=self_is_q, CAUSAL=causal, HAS_SEG=seg)
+        got = out.view(-1, 4).tolist()
+        for (lo, flo, fhi, hi), (need, full) in zip(got, _visit_truth(sp, ss, op, os_, sb, ob, self_is_q, causal, seg)):
+            assert need <= set(range(lo, hi)), (layout, lo, hi, need)
+            assert set(range(flo, fhi)) <= full and lo <= flo <= fhi <= hi
+            if monotone:
+                assert set(range(lo, hi)) == need and set(range(flo, fhi)) == full, (layout, lo, flo, fhi, hi)
+
+
+# ----------------------------------------------------------------------------------------------------
+# attention against the reference
+# ----------------------------------------------------------------------------------------------------
+def _packed(B, N):
+    """(positions, segment ids), both (B, N): b + 2 documents of uneven length, positions restart at 0."""
+    seg = torch.stack([torch.arange(N) * (b + 2) // N for b in range(B)])
+    first = torch.stack([torch.searchsorted(row, row) for row in seg])  # index where each document starts
+    return (torch.arange(N) - first).to(DEVICE), seg.to(DEVICE)
+
+
+# (B, Hq, Hkv, Nq, Nk, D, theta, phase, causal, alpha, layout)
+FP32_CASES = {
+    "mha_tail_100": (1, 2, 2, 100, 100, 64, 0.5, "quadratic", True, 0.1, "default"),
+    "gqa_offset37_linear": (2, 4, 2, 130, 130, 32, 0.25, "linear", True, 0.1, "offset37"),
+    "cp_chunk_mqa": (1, 4, 1, 17, 130, 64, 0.5, "quadratic", True, 0.1, "cp_chunk"),
+    "single_token": (2, 2, 1, 1, 1, 16, 0.5, "quadratic", True, 0.1, "default"),
+    "segments_noncausal": (2, 2, 2, 100, 100, 32, 0.25, "quadratic", False, 0.1, "packed"),
+    "packed_causal_theta25_gqa": (1, 4, 2, 130, 130, 64, 0.25, "quadratic", True, 0.1, "packed"),
+    "noncausal_rect_linear_a05": (1, 2, 1, 64, 100, 32, 0.5, "linear", False, 0.5, "default"),
+    "shuffled_positions": (1, 2, 1, 64, 64, 32, 0.5, "quadratic", True, 0.1, "shuffled"),
+}
+
+
+def case_kwargs(case):
+    B, Hq, Hkv, Nq, Nk, D, theta, phase, causal, alpha, layout = case
+    kw = dict(theta=theta, phase=phase, causal=causal, alpha=alpha)
+    if layout == "offset37":
+        kw.update(q_positions=torch.arange(Nq, device=DEVICE) + 37, k_positions=torch.arange(Nk, device=DEVICE) + 37)
+    elif layout == "cp_chunk":  # the last Nq queries of a sequence against all of its keys
+        kw.update(q_positions=torch.arange(Nq, device=DEVICE) + Nk - Nq)
+    elif layout == "packed":
+        pos, seg = _packed(B, Nq)
+        kw.update(q_positions=pos, k_positions=pos, q_segment_ids=seg, k_segment_ids=seg)
+    elif layout == "shuffled":
+        perm = torch.randperm(Nq, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+        kw.update(q_positions=perm, k_positions=perm.flip(0))
+    return kw
+
+
+@parametrize("name", list(FP32_CASES))
+def test_fp32_matches_reference(name):
+    """Forward, lse and dq/dk/dv (dout and dlse both nonzero) in fp32: tails, offsets, GQA, theta,
+    phases, causal or not, segments, arbitrary positions."""
+    case = FP32_CASES[name]
+    check_fp32(make(*case[:6], seed=hash(name) % 1000, theta=case[6]), **case_kwargs(case))
+
+
+@parametrize("name", ["mha_tail_100", "gqa_offset37_linear", "packed_causal_theta25_gqa"])
+def test_fp16_within_twice_reference_error(name):
+    case = FP32_CASES[name]
+    check_lowp(make(*case[:6], seed=1, theta=case[6]), torch.float16, **case_kwargs(case))
+
+
+def test_large_phase_arguments_fp32():
+    """|q_P.k_P| / sqrt(d_phase) up to ~3500 and distances up to 128k (alpha = 0.1): phase angles up to
+    ~7e4 rad, where the fp32 angle itself carries ~ulp(7e4) = 0.008 of rounding in any implementation.
+    Would catch a cos that is not range-reduced (errors of order 1) or reduced with too few bits.
+    Bound: 3x the fp32 reference's own error vs fp64; the kernel forms the angle with
+    exp2(alpha*log2 d), ~2 ulp where torch.pow has ~1, so its angle noise is up to ~2x the reference's."""
+    tensors = make(1, 2, 1, 16, 48, 32, seed=5, phase_scale=30.0)
+    kw = dict(alpha=0.1, q_positions=torch.arange(16, device=DEVICE) + 131072 - 16,
+              k_positions=torch.arange(48, device=DEVICE) * 2700)
+    got = run(TT.tapa_attention_triton, tensors, torch.float32, **kw)
+    ref32 = run(reference, tensors, torch.float32, **kw)
+    exact = run(reference, tensors, torch.float64, **kw)
+    for name, a, r, e in zip(NAMES, got, ref32, exact):
+        assert err(a, e) <= 3 * err(r, e) + 1e-5 * scale(e), (name, err(a, e), err(r, e))
+
+
+def test_fully_masked_rows_zero_out_and_minus_inf_lse():
+    """Queries with no key of their segment, or before every key: out 0, lse -inf, zero and finite
+    gradients (context parallelism merges such rows by lse)."""
+    B, H, Nq, Nk, D = 1, 2, 40, 70, 32
+    tensors = make(B, H, H, Nq, Nk, D, seed=7)
+    q_seg = torch.tensor([0] * 10 + [5] * 10 + [1] * 20, device=DEVICE)   # id 5 has no keys
+    k_seg = torch.tensor([0] * 35 + [1] * 35, device=DEVICE)
+    q_pos = torch.cat([torch.arange(10), torch.arange(10), torch.arange(20) - 30]).to(DEVICE)  # last 20 < keys
+    k_pos = torch.cat([torch.arange(35), torch.arange(35) - 5]).to(DEVICE)
+    kw = dict(q_positions=q_pos, k_positions=k_pos, q_segment_ids=q_seg, k_segment_ids=k_seg)
+    out, lse, dq, dk, dv = check_fp32(tensors, use_dlse=False, **kw)
+    dead = (q_seg == 5) | (q_pos < -5)
+    assert dead.sum() > 10 and torch.isinf(lse[..., dead]).all() and (out[..., dead, :] == 0).all()
+    assert (dq[..., dead, :] == 0).all() and torch.isfinite(dk).all()
+
+
+def test_external_backward_equals_autograd_and_ring_merge():
+    """tapa_attention_triton_backward: (a) with the kernel's own out/lse it equals autograd; (b) two key
+    blocks run separately, merged by lse (ring attention), give the full attention's gradients."""
+    B, Hq, Hkv, N, D = 1, 4, 2, 100, 32
+    q, k, v, dout, _ = make(B, Hq, Hkv, N, N, D, seed=11)
+    kw = dict(theta=0.5, phase="quadratic", causal=True)
+    full = run(TT.tapa_attention_triton, (q, k, v, dout, None), torch.float32, use_dlse=False, **kw)
+    out, lse = TT.tapa_attention_triton_forward(q, k, v, **kw)
+    assert err(out, full[0]) == 0 and err(lse, full[1]) == 0
+    grads = TT.tapa_attention_triton_backward(q, k, v, out, lse, dout, **kw)
+    for name, a, b in zip(NAMES[2:], grads, full[2:]):
+        assert err(a, b) <= 1e-6 * scale(b), name
+    # ring: keys [0, 60) and [60, 100) as two blocks with global positions, merged by lse
+    cut = 60
+    qpos = torch.arange(N, device=DEVICE)
+    parts = [(slice(0, cut), torch.arange(cut, device=DEVICE)), (slice(cut, N), torch.arange(cut, N, device=DEVICE))]
+    outs, lses = zip(*[TT.tapa_attention_triton_forward(q, k[:, :, s], v[:, :, s], q_positions=qpos, k_positions=kp,
+                                                          **kw) for s, kp in parts])
+    lse_m = torch.logaddexp(*lses)
+    w = [torch.exp(l - torch.where(torch.isinf(lse_m), 0.0, lse_m))[..., None] for l in lses]
+    out_m = (w[0] * outs[0] + w[1] * outs[1]).to(q.dtype)
+    assert err(out_m, full[0]) <= 1e-5 and err(lse_m, full[1]) <= 1e-5
+    dq = torch.zeros_like(q)
+    dks, dvs = [], []
+    for s, kp in parts:
+        gq, gk, gv = TT.tapa_attention_triton_backward(q, k[:, :, s], v[:, :, s], out_m, lse_m, dout,
+                                                       q_positions=qpos, k_positions=kp, **kw)
+        dq += gq
+        dks.append(gk)
+        dvs.append(gv)
+    for name, a, b in zip(NAMES[2:], (dq, torch.cat(dks, 2), torch.cat(dvs, 2)), full[2:]):
+        assert err(a, b) <= 1e-4 * scale(b), name
+
+
+def test_refuses_unsupported_inputs_with_clear_errors():
+    q = torch.zeros(1, 1, 4, 48, device=DEVICE)
+    for args, kw, msg in [
+        ((q, q, q), {}, "head_dim 48"),
+        ((q[..., :32].double(),) * 3, {}, "dtype torch.float64"),
+        ((q[..., :32],) * 3, dict(q_segment_ids=torch.zeros(4, dtype=torch.long)), "given together"),
+        ((q[..., :32],) * 3, dict(theta=1.0), "theta"),
+        ((q[..., :32],) * 3, dict(phase="cubic"), "phase"),
+    ]:
+        try:
+            TT.tapa_attention_triton(*args, **kw)
+        except ValueError as e:
+            assert msg in str(e), (msg, str(e))
+        else:
+            raise AssertionError(f"no ValueError for {msg}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPU only: bf16, default (large) tiles, longer sequences, the inline-asm fast path
+# ----------------------------------------------------------------------------------------------------
+GPU_CASES = {  # (B, Hq, Hkv, Nq, Nk, D, theta, phase, causal, alpha, layout)
+    "bf16_gqa_d128_1000": (2, 8, 2, 1000, 1000, 128, 0.5, "quadratic", True, 0.1, "default"),
+    "bf16_cp_chunk_d128": (1, 4, 4, 384, 2000, 128, 0.5, "quadratic", True, 0.1, "cp_chunk"),
+    "bf16_packed_d64_linear": (2, 4, 1, 1500, 1500, 64, 0.5, "linear", True, 0.1, "packed"),
+    "bf16_theta25_noncausal": (1, 4, 2, 700, 900, 128, 0.25, "quadratic", False, 0.5, "default"),
+}
+
+
+@gpu_only
+@parametrize("name", list(GPU_CASES))
+def test_gpu_bf16_within_twice_reference_error(name):
+    case = GPU_CASES[name]
+    check_lowp(make(*case[:6], seed=2, theta=case[6]), torch.bfloat16, **case_kwargs(case))
+
+
+@gpu_only
+def test_gpu_fp16_d128():
+    case = GPU_CASES["bf16_gqa_d128_1000"]
+    check_lowp(make(*case[:6], seed=3), torch.float16, **case_kwargs(case))
+
+
+@gpu_only
+@parametrize("limit", [math.pi, 100 * math.pi, 1e4, 4e5])
+def test_gpu_fast_cos_sin_accuracy(limit):
+    """PTX cos.approx / sin.approx after the reduction: within 2^-19 absolute at any angle up to 4e5."""
+    ce, se, _ = trig_errors(limit, fast=True, n=1 << 20)
+    assert ce <= 2 ** -19 and se <= 2 ** -19, (ce, se)
+
+
+@gpu_only
+def test_gpu_fast_pow():
+    for alpha in (0.1, 0.5):
+        test_scaled_pow(alpha, fast=True)
+
+
+@gpu_only
+def test_gpu_large_phase_arguments_bf16():
+    """Large angles in bf16 with the fast cos: same rule as the fp32 test, against the bf16 reference."""
+    tensors = make(1, 4, 2, 256, 512, 128, seed=9, phase_scale=2.5)
+    kw = dict(alpha=0.5, q_positions=torch.arange(256, device=DEVICE) + 131072 - 256,
+              k_positions=torch.arange(512, device=DEVICE) * 250)
+    check_lowp(tensors, torch.bfloat16, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------
+# runner without pytest (GPU machines): python -m tests.ops.test_tapa_triton [--gpu-only] [--json FILE]
+# ----------------------------------------------------------------------------------------------------
+def _calls(gpu_only_tests: bool):
+    for name, fn in list(globals().items()):
+        if not name.startswith("test_") or not callable(fn):
+            continue
+        if gpu_only_tests and not getattr(fn, "_gpu_only", False):
+            continue
+        if getattr(fn, "_gpu_only", False) and not GPU:
+            continue
+        names, cases = getattr(fn, "_cases", (None, [None]))
+        for case in cases:
+            if names is None:
+                yield name, fn, {}
+            else:
+                keys = [k.strip() for k in names.split(",")]
+                vals = case if len(keys) > 1 else (case,)
+                yield f"{name}[{'-'.join(map(str, vals))}]", fn, dict(zip(keys, vals))
+
+
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU-only tests")
+    ap.add_argument("--json", help="write per-test results here")
+    args = ap.parse_args(argv)
+    results, failed = [], 0
+    for test_id, fn, kwargs in _calls(args.gpu_only):
+        t0 = time.time()
+        try:
+            fn(**kwargs)
+            status, detail = "passed", ""
+        except Exception as e:  # noqa: BLE001 - report every failure, keep going
+            status, detail = "failed", "".join(traceback.format_exception_only(type(e), e)).strip()
+            failed += 1
+            traceback.print_exc()
+        results.append(dict(test=test_id, status=status, seconds=round(time.time() - t0, 2), detail=detail))
+        print(f"{status:6s} {results[-1]['seconds']:7.2f}s {test_id} {detail}", flush=True)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(device=str(torch.cuda.get_device_name() if GPU else "cpu"),
+                                                   torch=torch.__version__, triton=triton.__version__,
+                                                   results=results), indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
