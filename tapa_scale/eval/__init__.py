@@ -1,0 +1,6 @@
+"""Evaluation: sliding-window perplexity, perplexity against context length, checkpoint loading."""
+from .long_context import evaluate_lengths, format_table, plot_ppl, tokenize_texts
+from .perplexity import perplexity, sliding_window_nll, window_spans
+
+__all__ = ["evaluate_lengths", "format_table", "plot_ppl", "tokenize_texts", "perplexity",
+           "sliding_window_nll", "window_spans"]
