@@ -44,8 +44,10 @@ def interpreting() -> bool:
 def default_configs(head_dim: int, device: torch.device) -> Configs:
     """Tile sizes per kernel. Interpreter: small tiles so short test sequences span several blocks.
 
-    GPU: starting points in the range DESIGN.md names (64-128 rows, 4-8 warps, 2-3 stages); the
-    bench's --sweep measures alternatives and docs/kernel.md records the chosen ones.
+    GPU: starting points in the range DESIGN.md names (64-128 rows, 4-8 warps, 2-3 stages), not yet
+    measured; the dK/dV tile is the smaller one because its kernel holds three fp32 accumulators (dk_A,
+    dk_P, dv) besides the tile's elementwise temporaries. tools/bench_attention.py --sweep times the
+    alternatives; docs/kernel.md records what was chosen and on which GPU.
     """
     if device.type != "cuda" or interpreting():
         small = KernelConfig(32, 32, 4, 1)
@@ -53,7 +55,7 @@ def default_configs(head_dim: int, device: torch.device) -> Configs:
     warps = 8 if head_dim >= 128 else 4
     return Configs(
         fwd=KernelConfig(128, 64, warps, 3),
-        dkdv=KernelConfig(64, 128, warps, 2),
+        dkdv=KernelConfig(64, 64, warps, 2),
         dq=KernelConfig(128, 64, warps, 2),
     )
 
