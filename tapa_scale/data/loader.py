@@ -39,6 +39,10 @@ class ShardReader:
         return np.asarray(self.readers[shard].get_item(idx - int(self.first[shard]))["tokens"])
 
 
+def _as_is(batch):
+    return batch
+
+
 class _Batches(torch.utils.data.IterableDataset):
     """Batches ``first, first+1, …`` (``last`` exclusive, None = forever) of one rank.
 
@@ -49,7 +53,7 @@ class _Batches(torch.utils.data.IterableDataset):
     def __init__(self, loader: "PackedLoader", start_cursor: int, n_batches: int | None):
         self.loader, self.start, self.n_batches = loader, start_cursor, n_batches
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         index = self.loader._index()  # built per process: readers and caches are not shared
@@ -104,10 +108,10 @@ class PackedLoader:
         return PackedIndex(self.samples, self.seq_len, self.eos_id, shuffle=self.shuffle,
                            seed=self.seed, read_chunk=reader)
 
-    def _make_batch(self, index: PackedIndex, cursor: int) -> dict[str, torch.Tensor]:
+    def _make_batch(self, index: PackedIndex, cursor: int) -> dict[str, np.ndarray]:
         rows = [sample_fields(index.window(cursor + self.dp_rank + j * self.dp_size), self.eos_id)
                 for j in range(self.micro_batch_size)]
-        return {key: torch.from_numpy(np.stack([r[key] for r in rows])) for key in rows[0]}
+        return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.split == "val":  # the same batches on every pass
@@ -116,13 +120,16 @@ class PackedLoader:
         else:
             batches = _Batches(self, self._cursor, None)
         if self.num_workers > 0:
-            source = torch.utils.data.DataLoader(batches, batch_size=None,
+            # Workers hand back numpy arrays (plain pickles through a pipe). Torch tensors would
+            # travel as shared memory plus a file descriptor sent over a socket that each worker
+            # creates under /tmp/pymp-*; a worker stopped at exit or killed leaves those behind.
+            source = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=_as_is,
                                                  num_workers=self.num_workers)
         else:
             source = batches
         for batch in source:
             self._cursor += self.global_batch  # counted when handed out, not when prefetched
-            yield batch
+            yield {key: torch.from_numpy(value) for key, value in batch.items()}
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "split": self.split, "samples_seen": self._cursor,

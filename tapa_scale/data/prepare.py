@@ -137,11 +137,12 @@ def _check_out_dir(out: Path) -> None:
                         "expected an empty directory or one made by prepare_data")
 
 
-def _progress():
+def _progress(enabled: bool):
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
+    # disable=True prints nothing at all (a hidden task would still emit a blank line)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), transient=False)
+                    TransferSpeedColumn(), TimeRemainingColumn(), disable=not enabled)
 
 
 def prepare_dataset(train: list[str | Path], out: str | Path, *, val: list[str | Path] = (),
@@ -192,8 +193,8 @@ def _write_splits(inputs, tmp: Path, tok_file: Path, field: str, workers: int, r
                for s in SPLIT_NAMES}
     every = round(1 / request["val_fraction"]) if request["val_fraction"] > 0 else 0
     total = sum(f["bytes"] for s in SPLIT_NAMES for f in request["inputs"][s])
-    with _progress() as bar:
-        task = bar.add_task("tokenizing", total=total, visible=progress)
+    with _progress(progress) as bar:
+        task = bar.add_task("tokenizing", total=total)
         for split in SPLIT_NAMES:
             docs = _documents(inputs[split], field, lambda n: bar.advance(task, n))
             seen = 0

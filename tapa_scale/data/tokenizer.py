@@ -53,7 +53,7 @@ def write_hf_configs(out_dir: Path) -> None:
 def resolve_tokenizer(path: str | Path = "") -> Path:
     """tokenizer.json of a tokenizer directory (or the file itself); "" = the embedded one."""
     p = Path(path) if str(path) else TOKENIZER_DIR
-    file = p / "tokenizer.json" if p.is_dir() else p
+    file = p if p.suffix == ".json" else p / "tokenizer.json"
     if not file.is_file():
         raise DataError(f"{file}: tokenizer not found; expected a directory containing "
                         "tokenizer.json (a Hugging Face fast tokenizer)")
