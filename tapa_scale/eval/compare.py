@@ -54,7 +54,7 @@ def compare_encodings(config: str, encodings: Sequence[str], multiples: Sequence
         for enc in encodings:
             model, _, tokenizer = load_checkpoint_model(out_dir / enc)
             texts = tokenize_texts(tokenizer, eval_documents(), max_tokens)
-            r = evaluate_lengths(loss_fn_of(model), texts, lengths)
+            r = evaluate_lengths(loss_fn_of(model), texts, lengths, label=f"perplexity of {enc}")
             results["ppl"][enc] = {str(m): r["ppl"][str(L)] for m, L in zip(multiples, lengths)}
             results["val_loss"][enc] = _last_val_loss(out_dir / enc)
             results["eval_tokens"] = r["tokens"][str(lengths[0])]

@@ -31,11 +31,13 @@ def tokenize_texts(tokenizer, paths: Sequence[Path], max_tokens: Optional[int] =
 
 
 def evaluate_lengths(loss_fn: LossFn, texts: list[torch.Tensor], lengths: Sequence[int],
-                     stride: Optional[int] = None, batch_size: int = 8) -> dict:
+                     stride: Optional[int] = None, batch_size: int = 8, label: str = "eval") -> dict:
     """{"ppl": {"L": ppl}, "nll": {...}, "tokens": {...}, "stride": {...}} for each window length L
     (stride: fixed, or None for L // 2)."""
+    from rich.progress import track
+
     result = {"ppl": {}, "nll": {}, "tokens": {}, "stride": {}}
-    for length in lengths:
+    for length in track(lengths, description=f"{label}: {len(lengths)} window lengths", transient=True):
         s = stride or max(1, length // 2)
         r = perplexity(loss_fn, texts, window=length, stride=min(s, length), batch_size=batch_size)
         key = str(length)
