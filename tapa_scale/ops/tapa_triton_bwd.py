@@ -31,7 +31,7 @@ import triton.language as tl
 from .tapa_triton_args import Configs, Problem
 from .tapa_triton_fwd import SCAN_BLOCKS, check_grid, strides3
 from .tapa_triton_jit import (LOG2E, id_bounds, keep_mask, load_ids, masked_load, phase_angle,
-                              tapa_cos, tapa_sin, visit_range)
+                              rel_ids, tapa_cos, tapa_sin, visit_range)
 
 
 @triton.jit
@@ -54,15 +54,22 @@ def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, s_ob, s_oh, s_on, s_db, s_dh, s_d
 
 
 @triton.jit
-def _probs(amp, c, lse_row):
-    """P = exp(a*c - lse) via exp2; lse = -inf (row kept no key) gives P = 0 instead of exp(+inf)."""
-    lse2 = tl.where(lse_row == float("-inf"), float("inf"), lse_row * LOG2E)
-    return tl.exp2(amp * c * LOG2E - lse2)
+def _recompute(a, phi, dist, lse, alpha, amp_scale, phase_log2_scale, FAST: tl.constexpr):
+    """From the raw dot products of a tile: (c, g_scale, P) with c = cos(psi), g_scale = -a*sin(psi)*w
+    (dS times it is G) and P = exp(a*c - lse). Everything else about the angle dies here, which keeps
+    the backward's register footprint small. lse = -inf (row kept no key) gives P = 0, not exp(+inf)."""
+    angle, w = phase_angle(phi, dist, alpha, phase_log2_scale, FAST)
+    amp = a * amp_scale
+    c = tapa_cos(angle, FAST)
+    g_scale = -(amp * tapa_sin(angle, FAST)) * w
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+    return c, g_scale, tl.exp2(amp * c * LOG2E - lse2)
 
 
 @triton.jit
-def _dkdv_tiles(dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_rel, k_pos, k_seg,
-                q_ptr, do_ptr, lse_ptr, delta_ptr, qpos_ptr, qseg_ptr, s_qn, s_don, base, start, stop, Nq,
+def _dkdv_tiles(dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_pos, k_seg,
+                q_ptr, do_ptr, lse_ptr, delta_ptr, qpos_ptr, qseg_ptr, s_qn, s_don, pos_base, seg_base,
+                start, stop, Nq,
                 alpha, amp_scale, phase_log2_scale,
                 BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, D_AMP: tl.constexpr,
                 D_PHASE: tl.constexpr, PA: tl.constexpr, PP: tl.constexpr, CAUSAL: tl.constexpr,
@@ -71,6 +78,7 @@ def _dkdv_tiles(dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_rel, k_pos, k_seg,
     """Accumulate one key block's dK/dV over query blocks [start, stop) of one query head.
 
     Tiles are transposed, (BN keys, BM queries), so every product lands in the key-row accumulators.
+    k_pos / k_seg are int32 relative to pos_base / seg_base (rel_ids); queries are made relative alike.
     """
     cols_a = tl.arange(0, PA)
     cols_p = tl.arange(0, PP)
@@ -88,15 +96,12 @@ def _dkdv_tiles(dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_rel, k_pos, k_seg,
             phi = k_sum[:, None] + tl.sum(q_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(k_ph, q_ph, input_precision=PREC)
-        q_pos = load_ids(qpos_ptr, offs_m, q_ok, HAS_QPOS)
-        dist = tl.abs(k_rel[:, None] - (q_pos - base).to(tl.float32)[None, :])
-        angle, w = phase_angle(phi, dist, alpha, phase_log2_scale, FAST)
-        c = tapa_cos(angle, FAST)
-        amp = a * amp_scale
-        lse = masked_load(lse_ptr + offs_m, q_ok, q_ok, MASKED, False)
-        p = _probs(amp, c, lse[None, :])
+        q_pos = rel_ids(load_ids(qpos_ptr, offs_m, q_ok, HAS_QPOS), pos_base)
+        dist = tl.abs(k_pos.to(tl.float32)[:, None] - q_pos.to(tl.float32)[None, :])
+        c, g_scale, p = _recompute(a, phi, dist, masked_load(lse_ptr + offs_m, q_ok, q_ok, MASKED, False)[None, :],
+                                   alpha, amp_scale, phase_log2_scale, FAST)
         if MASKED:
-            q_seg = load_ids(qseg_ptr, offs_m, q_ok, HAS_SEG)
+            q_seg = rel_ids(load_ids(qseg_ptr, offs_m, q_ok, HAS_SEG), seg_base)
             keep = keep_mask(q_pos[None, :], k_pos[:, None], q_seg[None, :], k_seg[:, None],
                              q_ok[None, :], CAUSAL, HAS_SEG)
             p = tl.where(keep, p, 0.0)
@@ -107,7 +112,7 @@ def _dkdv_tiles(dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_rel, k_pos, k_seg,
         delta = masked_load(delta_ptr + offs_m, q_ok, q_ok, MASKED, False)
         ds = p * (dp - delta[None, :])
         dk_amp = tl.dot((ds * c).to(q_amp.dtype), tl.trans(q_amp), dk_amp, input_precision=PREC)
-        g = ds * (-amp * tapa_sin(angle, FAST)) * w
+        g = ds * g_scale
         if LINEAR:
             dk_ph += tl.sum(g, 1)[:, None]
         else:
@@ -153,8 +158,8 @@ def _tapa_bwd_dkdv_kernel(
     k_sum = tl.sum(k_ph.to(tl.float32), 1)
     v = tl.load(V + b * s_vb + hk * s_vh + offs_n[:, None] * s_vn + cols_v[None, :], mask=k_ok[:, None],
                 other=0.0)
-    base = pmin
-    k_rel = (k_pos - base).to(tl.float32)
+    k_posr = rel_ids(k_pos, pmin)
+    k_segr = rel_ids(k_seg, smin)
 
     dk_amp = tl.zeros([BLOCK_N, PA], dtype=tl.float32)
     dk_ph = tl.zeros([BLOCK_N, PP], dtype=tl.float32)
@@ -174,8 +179,8 @@ def _tapa_bwd_dkdv_kernel(
             else:
                 start, stop = full_hi, hi
             dk_amp, dk_ph, dv = _dkdv_tiles(
-                dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_rel, k_pos, k_seg,
-                q_ptr, do_ptr, lse_ptr, delta_ptr, qpos_ptr, qseg_ptr, s_qn, s_don, base,
+                dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_posr, k_segr,
+                q_ptr, do_ptr, lse_ptr, delta_ptr, qpos_ptr, qseg_ptr, s_qn, s_don, pmin, smin,
                 start * BLOCK_M, stop * BLOCK_M, Nq, alpha, amp_scale, phase_log2_scale,
                 BLOCK_M, HEAD_DIM, D_AMP, D_PHASE, PA, PP, CAUSAL, LINEAR, HAS_QPOS, HAS_SEG, FAST, PREC,
                 stage != 1)
@@ -190,8 +195,8 @@ def _tapa_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_tiles(dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_rel, q_pos, q_seg,
-              k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, base, start, stop, Nk,
+def _dq_tiles(dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_pos, q_seg,
+              k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, pos_base, seg_base, start, stop, Nk,
               alpha, amp_scale, phase_log2_scale,
               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_AMP: tl.constexpr,
               D_PHASE: tl.constexpr, PA: tl.constexpr, PP: tl.constexpr, CAUSAL: tl.constexpr,
@@ -214,14 +219,11 @@ def _dq_tiles(dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_rel, q_pos, q
             phi = q_sum[:, None] + tl.sum(k_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
-        k_pos = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS)
-        dist = tl.abs(q_rel[:, None] - (k_pos - base).to(tl.float32)[None, :])
-        angle, w = phase_angle(phi, dist, alpha, phase_log2_scale, FAST)
-        c = tapa_cos(angle, FAST)
-        amp = a * amp_scale
-        p = _probs(amp, c, lse[:, None])
+        k_pos = rel_ids(load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS), pos_base)
+        dist = tl.abs(q_pos.to(tl.float32)[:, None] - k_pos.to(tl.float32)[None, :])
+        c, g_scale, p = _recompute(a, phi, dist, lse[:, None], alpha, amp_scale, phase_log2_scale, FAST)
         if MASKED:
-            k_seg = load_ids(kseg_ptr, offs_n, k_ok, HAS_SEG)
+            k_seg = rel_ids(load_ids(kseg_ptr, offs_n, k_ok, HAS_SEG), seg_base)
             keep = keep_mask(q_pos[:, None], k_pos[None, :], q_seg[:, None], k_seg[None, :],
                              k_ok[None, :], CAUSAL, HAS_SEG)
             p = tl.where(keep, p, 0.0)
@@ -230,7 +232,7 @@ def _dq_tiles(dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_rel, q_pos, q
         dp = tl.dot(do, v, input_precision=PREC)                                   # (BM, BN)
         ds = p * (dp - delta[:, None])
         dq_amp = tl.dot((ds * c).to(k_amp.dtype), tl.trans(k_amp), dq_amp, input_precision=PREC)
-        g = ds * (-amp * tapa_sin(angle, FAST)) * w
+        g = ds * g_scale
         if LINEAR:
             dq_ph += tl.sum(g, 1)[:, None]
         else:
@@ -278,8 +280,8 @@ def _tapa_bwd_dq_kernel(
     flat = pid_bh.to(tl.int64) * Nq + offs_m
     lse = tl.load(LSE + flat, mask=q_ok, other=float("-inf"))
     delta = tl.load(DELTA + flat, mask=q_ok, other=0.0)
-    base = pmin
-    q_rel = (q_pos - base).to(tl.float32)
+    q_posr = rel_ids(q_pos, pmin)
+    q_segr = rel_ids(q_seg, smin)
 
     dq_amp = tl.zeros([BLOCK_M, PA], dtype=tl.float32)
     dq_ph = tl.zeros([BLOCK_M, PP], dtype=tl.float32)
@@ -293,8 +295,8 @@ def _tapa_bwd_dq_kernel(
         else:
             start, stop = full_hi, hi
         dq_amp, dq_ph = _dq_tiles(
-            dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_rel, q_pos, q_seg,
-            k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, base, start * BLOCK_N, stop * BLOCK_N, Nk,
+            dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_posr, q_segr,
+            k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, pmin, smin, start * BLOCK_N, stop * BLOCK_N, Nk,
             alpha, amp_scale, phase_log2_scale,
             BLOCK_N, HEAD_DIM, D_AMP, D_PHASE, PA, PP, CAUSAL, LINEAR, HAS_KPOS, HAS_SEG, FAST, PREC,
             stage != 1)

@@ -19,20 +19,22 @@ import triton.language as tl
 
 from .tapa_triton_args import KernelConfig, Problem
 from .tapa_triton_jit import (LN2, LOG2E, id_bounds, keep_mask, load_ids, masked_load, phase_angle,
-                              tapa_cos, visit_range)
+                              rel_ids, tapa_cos, visit_range)
 
 SCAN_BLOCKS = 16  # key blocks whose position bounds one visit_range step reads
 
 
 @triton.jit
-def _fwd_tiles(acc, m_i, l_i, q_amp, q_ph, q_sum, q_rel, q_pos, q_seg,
-               k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, base, start, stop, Nk,
+def _fwd_tiles(acc, m_i, l_i, q_amp, q_ph, q_sum, q_pos, q_seg,
+               k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, pos_base, seg_base, start, stop, Nk,
                alpha, amp_scale_log2, phase_log2_scale,
                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_AMP: tl.constexpr,
                D_PHASE: tl.constexpr, PA: tl.constexpr, PP: tl.constexpr, CAUSAL: tl.constexpr,
                LINEAR: tl.constexpr, HAS_KPOS: tl.constexpr, HAS_SEG: tl.constexpr,
                FAST: tl.constexpr, PREC: tl.constexpr, MASKED: tl.constexpr):
-    """Online-softmax update over key blocks [start, stop). MASKED adds tail/causal/segment masks."""
+    """Online-softmax update over key blocks [start, stop). MASKED adds tail/causal/segment masks.
+
+    q_pos / q_seg are int32 relative to pos_base / seg_base (rel_ids); keys are made relative alike."""
     cols_a = tl.arange(0, PA)
     cols_p = tl.arange(0, PP)
     cols_v = tl.arange(0, HEAD_DIM)
@@ -50,12 +52,12 @@ def _fwd_tiles(acc, m_i, l_i, q_amp, q_ph, q_sum, q_rel, q_pos, q_seg,
             phi = q_sum[:, None] + tl.sum(k_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
-        k_pos = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS)
-        dist = tl.abs(q_rel[:, None] - (k_pos - base).to(tl.float32)[None, :])
+        k_pos = rel_ids(load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS), pos_base)
+        dist = tl.abs(q_pos.to(tl.float32)[:, None] - k_pos.to(tl.float32)[None, :])
         angle, _ = phase_angle(phi, dist, alpha, phase_log2_scale, FAST)
         s = (a * amp_scale_log2) * tapa_cos(angle, FAST)  # (BM, BN) logits in log2 units
         if MASKED:
-            k_seg = load_ids(kseg_ptr, offs_n, k_ok, HAS_SEG)
+            k_seg = rel_ids(load_ids(kseg_ptr, offs_n, k_ok, HAS_SEG), seg_base)
             keep = keep_mask(q_pos[:, None], k_pos[None, :], q_seg[:, None], k_seg[None, :],
                              k_ok[None, :], CAUSAL, HAS_SEG)
             s = tl.where(keep, s, float("-inf"))
@@ -109,9 +111,9 @@ def _tapa_fwd_kernel(
     q_ph = masked_load(q_row + D_AMP + cols_p[None, :], q_ok[:, None], cols_p[None, :] < D_PHASE,
                        True, PP != D_PHASE)
     q_sum = tl.sum(q_ph.to(tl.float32), 1)  # linear phase only; cheap, once per program
-    # Distances from positions relative to the block's first position: exact in fp32 below 2**24.
-    base = pmin
-    q_rel = (q_pos - base).to(tl.float32)
+    # Positions relative to the block's first one: distances exact in fp32 for spans below 2**24.
+    q_posr = rel_ids(q_pos, pmin)
+    q_segr = rel_ids(q_seg, smin)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -128,8 +130,8 @@ def _tapa_fwd_kernel(
         else:
             start, stop = full_hi, hi
         acc, m_i, l_i = _fwd_tiles(
-            acc, m_i, l_i, q_amp, q_ph, q_sum, q_rel, q_pos, q_seg, k_ptr, v_ptr, kpos_ptr, kseg_ptr,
-            s_kn, s_vn, base, start * BLOCK_N, stop * BLOCK_N, Nk, alpha, amp_scale_log2,
+            acc, m_i, l_i, q_amp, q_ph, q_sum, q_posr, q_segr, k_ptr, v_ptr, kpos_ptr, kseg_ptr,
+            s_kn, s_vn, pmin, smin, start * BLOCK_N, stop * BLOCK_N, Nk, alpha, amp_scale_log2,
             phase_log2_scale, BLOCK_N, HEAD_DIM, D_AMP, D_PHASE, PA, PP, CAUSAL, LINEAR, HAS_KPOS,
             HAS_SEG, FAST, PREC, stage != 1)
 

@@ -118,6 +118,15 @@ def load_ids(ptr, offs, valid, HAS: tl.constexpr):
 
 
 @triton.jit
+def rel_ids(ids, base):
+    """int64 ids - base as int32 (clamped, which keeps their order): per-tile masks and distances then
+    work on 32-bit values, halving the registers of the broadcast (BM, BN) comparisons. Exact while a
+    block's own positions span less than 2**31."""
+    d = tl.minimum(tl.maximum(ids - base, -2147483647), 2147483647)
+    return d.to(tl.int32)
+
+
+@triton.jit
 def id_bounds(ids, valid):
     """(min, max) of ids over valid entries along the last axis (sentinels where nothing is valid)."""
     lo = tl.min(tl.where(valid, ids, ID_BIG), axis=len(ids.shape) - 1)

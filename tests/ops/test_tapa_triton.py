@@ -423,6 +423,16 @@ def test_external_backward_equals_autograd_and_ring_merge():
         assert err(a, b) <= 1e-4 * scale(b), name
 
 
+def test_strided_inputs_megatron_layout():
+    """q, k, v as (B, H, N, D) views of megatron's [s, b, h, d] buffers (non-contiguous), GQA: would
+    catch a kernel that assumes contiguous (B, H, N, D) strides."""
+    N, B, Hq, Hkv, D = 40, 2, 4, 2, 32
+    base = make(B, Hq, Hkv, N, N, D, seed=13)
+    q, k, v = (t.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3) for t in base[:3])  # [s, b, h, d] storage
+    assert not q.is_contiguous()
+    check_fp32([q, k, v, *base[3:]])
+
+
 def test_refuses_unsupported_inputs_with_clear_errors():
     q = torch.zeros(1, 1, 4, 48, device=DEVICE)
     for args, kw, msg in [
