@@ -38,14 +38,16 @@ _worker_tok = None  # the tokenizer of an encoding worker process
 
 def _init_worker(tokenizer_file: str) -> None:
     global _worker_tok
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism
     from tokenizers import Tokenizer
     _worker_tok = Tokenizer.from_file(tokenizer_file)
 
 
 def _encode(batch: list[str]) -> list[np.ndarray]:
+    # One encode() per document, not encode_batch(): the batch call starts the tokenizers thread
+    # pool, after which every fork (our pool, DataLoader workers) prints a warning and disables it.
+    # Parallelism comes from the process pool instead.
     dtype = np.uint16 if _worker_tok.get_vocab_size() < 65536 else np.uint32
-    return [np.asarray(e.ids, dtype=dtype) for e in _worker_tok.encode_batch(batch)]
+    return [np.asarray(_worker_tok.encode(doc).ids, dtype=dtype) for doc in batch]
 
 
 def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
