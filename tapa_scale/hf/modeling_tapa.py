@@ -137,8 +137,18 @@ def attend_fused(q, k, v, q_pos, k_pos, key_mask, past: int, config: TapaLMConfi
 
 
 def use_fast_path(config: TapaLMConfig, q: torch.Tensor) -> bool:
-    return (config.position_encoding == "tapa" and _fused_tapa_attention is not None
-            and q.device.type in FAST_PATH_DEVICES)
+    """TAPA on a FAST_PATH_DEVICES device with tapa_scale importable, and inputs the kernel takes
+    (dtype, head dim): anything else stays on `attend`, which serves every case."""
+    if (config.position_encoding != "tapa" or _fused_tapa_attention is None
+            or q.device.type not in FAST_PATH_DEVICES):
+        return False
+    if not q.is_cuda:  # CPU only when a test forces it: the op then runs its reference
+        return True
+    try:
+        from tapa_scale.ops.tapa_triton import triton_unsupported_reason
+    except Exception:  # noqa: BLE001 - no Triton: no fused kernel
+        return False
+    return triton_unsupported_reason(q) is None
 
 
 # ----------------------------------------------------------------------------- the transformer

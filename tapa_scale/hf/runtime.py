@@ -26,9 +26,9 @@ def load_hf_model(hf_dir: str | Path, device: str | torch.device = "cpu", dtype:
     """The export as a transformers model in eval mode (dtype None = as stored)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"trust_remote_code": True}
-    if dtype is not None:
-        kwargs[dtype_kwarg()] = DTYPES[dtype]
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)} or None (as stored)")
+    kwargs = {"trust_remote_code": True, dtype_kwarg(): DTYPES[dtype] if dtype else "auto"}
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), **kwargs)
     return model.to(device).eval()
 

@@ -96,4 +96,9 @@ def test_training_continues_from_an_import(tapa_ckpt, tmp_path):
     run_tool("-m", "tapa_scale.train", "--config", str(out / "config.yaml"), f"run.dir={run}",
              f"train.init_from={out}", "train.steps=1", "train.micro_batch_size=2", "train.eval_batches=1",
              "train.log_every=1", "run.tensorboard=false", "run.progress=false", cwd=ROOT)
-    assert (run / "checkpoints" / "step_00000001" / "COMPLETE").is_file()
+    first = run / "checkpoints" / "step_00000001"
+    assert (first / "COMPLETE").is_file()
+    # one warm-up step (lr 1e-3 / 100) moves no weight by more than ~1e-5: the run started from the
+    # imported weights, not from a random init (which differs by ~0.02)
+    start, after = load_file(str(out / "model.safetensors")), load_file(str(first / "model.safetensors"))
+    assert max((start[k] - after[k]).abs().max().item() for k in start) < 1e-3

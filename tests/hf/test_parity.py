@@ -83,3 +83,15 @@ def test_export_layout(exports):
         with safe_open(str(hf_dir / "model.safetensors"), "pt") as st:
             assert ("lm_head.weight" in st.keys()) is untied
             assert st.metadata() == {"format": "pt"}
+
+
+def test_training_loss_equals_ours(exports):
+    """`labels` give the mean next-token loss our training step computes (fine-tuning an export with
+    transformers optimises the same objective)."""
+    ckpt, hf_dir = exports["tapa-quadratic-gqa-tied"]
+    torch.manual_seed(0)
+    ids = torch.randint(0, 8192, (2, 65))
+    with torch.no_grad():
+        want = native_model(ckpt)(ids[:, :-1], None, None, labels=ids[:, 1:]).float().mean()
+        got = load_export(hf_dir)(ids, labels=ids).loss
+    assert abs(got.item() / want.item() - 1) <= TOL
