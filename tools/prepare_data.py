@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tapa_scale.data.errors import DataError  # noqa: E402
-from tapa_scale.data.prepare import DEFAULT_CHUNK_TOKENS, entropy_bound_note, prepare_dataset  # noqa: E402
+from tapa_scale.data.prepare import DEFAULT_CHUNK_TOKENS, entropy_summary, prepare_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {split: {k: v for k, v in info.items() if k != "samples_sha256"}
                for split, info in manifest["splits"].items()}
     print(json.dumps(summary, indent=1))
-    print(entropy_bound_note(manifest))
+    print(entropy_summary(manifest))
     return 0
 
 

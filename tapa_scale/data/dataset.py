@@ -49,8 +49,7 @@ def ensure_dataset(cfg: DataConfig) -> Path:
         root = embedded_dataset_dir(cfg)
         with _locked(Path(cfg.cache_dir) / "prepare.lock"):
             prepare_dataset([corpus_file("train")], root, val=[corpus_file("val")],
-                            tokenizer=tok_file, workers=cfg.prepare_workers,
-                            progress=int(os.environ.get("RANK", "0")) == 0)
+                            tokenizer=tok_file, workers=cfg.prepare_workers)
     validate_dataset(root, tok_file, verify_checksums=cfg.verify_checksums)
     return root
 

@@ -236,7 +236,7 @@ def _replace(tmp: Path, out: Path) -> None:
     os.replace(tmp / "manifest.json", out / "manifest.json")  # written last: output complete
 
 
-def entropy_bound_note(manifest: dict) -> str:
+def entropy_summary(manifest: dict) -> str:
     """One-line summary for logs: entropy in nats/token and as perplexity."""
     h = manifest["unigram_entropy_nats"]
     return f"train unigram entropy {h:.3f} nats/token (perplexity {math.exp(h):.1f})"

@@ -173,9 +173,9 @@ class _RReader:
             self.refs.append(value)
             return value
         if kind in (2, 6):  # pairlist / language object: attr, tag, car, cdr
-            attrs = self.item() if has_attr else None
+            if has_attr:
+                self.item()  # attributes of a pairlist node: not needed
             tag = self.item() if has_tag else None
-            del attrs
             pairs = {tag: self.item()}
             rest = self.item()
             if isinstance(rest, dict):
