@@ -101,6 +101,8 @@ def validate(cfg: Config, *, world_size: int = 1, check_paths: bool = True) -> l
             value = getattr(d, key)
             if value and not Path(value).is_dir():
                 errs.append(f"data.{key}={value!r}: directory not found")
+        if cfg.train.init_from and not Path(cfg.train.init_from).exists():
+            errs.append(f"train.init_from={cfg.train.init_from!r}: no such checkpoint or run directory")
     if not errs:
         m = cfg.model
         errs += validate_parallel(cfg.parallel, num_heads=m.num_heads, kv_heads=m.kv_heads,

@@ -72,17 +72,18 @@ def _pick_impl(impl: str, q: torch.Tensor) -> str:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
-    if q.is_cuda and triton_available():
+    if q.is_cuda and triton_accepts(q):
         return "triton"
     return "reference"
 
 
-def triton_available() -> bool:
+def triton_accepts(q: torch.Tensor) -> bool:
+    """Triton importable and the kernel supports q's dtype, head dim and device."""
     try:
-        from . import tapa_triton  # noqa: F401
+        from .tapa_triton import triton_unsupported_reason
     except ImportError:
         return False
-    return True
+    return triton_unsupported_reason(q) is None
 
 
 def dot_product_scores(q, k, q_pos, k_pos, *, scale: float, slopes: Optional[torch.Tensor]):

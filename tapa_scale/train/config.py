@@ -25,6 +25,7 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0       # paper: none
     grad_clip: float = 1.0          # max global gradient norm; 0 = off
+    init_from: str = ""             # checkpoint or run dir whose weights start a new run (fresh optimizer, step 0)
     document_masking: bool = False  # attend only within each packed document (positions restart at 0)
     log_every: int = 10
     eval_every: int = 0             # validation loss every N steps; 0 = only at the end

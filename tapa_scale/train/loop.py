@@ -36,6 +36,8 @@ def _train(cfg: Config, run) -> dict:
     if latest is not None:
         state = ckpt.load_checkpoint(latest, model=run.model, optimizer=run.optimizer)
         run.train_loader.load_state_dict(state["data"])
+    elif t.init_from:  # weights of another run or of an import; this run's own checkpoints take precedence
+        ckpt.load_model_weights(ckpt.resolve_checkpoint(t.init_from), run.model)
     logger = MetricsLogger(run_dir, total_steps=t.steps, start_step=state["step"], enabled=run.groups.is_main,
                            tensorboard=cfg.run.tensorboard, progress=cfg.run.progress)
     batches, record = iter(run.train_loader), {}
