@@ -64,7 +64,7 @@ class _TapaTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, problem_args, configs):
         p = _problem(q, k, v, *problem_args)
-        cfgs = resolve_configs(q.shape[-1], q.device, configs)
+        cfgs = resolve_configs(q, configs)
         out, lse = _forward(p, cfgs.fwd)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.set_materialize_grads(False)  # an unused lse (or out) then brings None, not zeros
@@ -103,7 +103,7 @@ def tapa_attention_triton_forward(q, k, v, *, alpha=0.1, theta=0.5, phase="quadr
     p = _problem(q, k, v, alpha, theta, phase, causal, q_positions, k_positions, q_segment_ids,
                  k_segment_ids)
     with torch.no_grad():
-        return _forward(p, resolve_configs(q.shape[-1], q.device, configs).fwd)
+        return _forward(p, resolve_configs(q, configs).fwd)
 
 
 def tapa_attention_triton_backward(q, k, v, out, lse, dout, *, alpha=0.1, theta=0.5, phase="quadratic",
@@ -121,4 +121,4 @@ def tapa_attention_triton_backward(q, k, v, out, lse, dout, *, alpha=0.1, theta=
         raise ValueError(f"out {tuple(out.shape)}, dout {tuple(dout.shape)} must match q {tuple(q.shape)} "
                          f"and lse {tuple(lse.shape)} must be {tuple(q.shape[:3])}")
     with torch.no_grad():
-        return _backward(p, out, lse, dout, resolve_configs(q.shape[-1], q.device, configs))
+        return _backward(p, out, lse, dout, resolve_configs(q, configs))
