@@ -3,7 +3,8 @@
 On CPU everything runs in the Triton interpreter (fp32 / fp16, small shapes, 32-wide tiles so short
 sequences span several blocks); on a GPU the same tests run compiled, plus GPU-only ones (bf16, longer
 sequences, the inline-asm fast cos). Without pytest (the GPU machine may lack it) run
-`python -m tests.ops.test_tapa_triton [--gpu-only] [--json FILE]`; tools/gpu_checks.sh does.
+`python -m tests.ops.test_tapa_triton [--gpu-only] [--json FILE] [--shard K/N]`; tools/gpu_checks.sh
+does, in parallel shards so that kernel compilation uses several CPU cores.
 
 Tolerances:
 - fp32: |kernel - reference| <= 1e-4 * max(1, max|reference|). Both sum the same fp32 products in a
@@ -201,6 +202,20 @@ def test_scaled_pow(alpha, fast=False):
     y, ulps = pow_ulps(dist, alpha, fast)
     assert y[0].item() == 0.0
     assert ulps[1:].max().item() <= 16, ulps
+
+
+@triton.jit
+def _rel_kernel(Ids, Out, base, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(Out + offs, J.rel_ids(J.load_ids(Ids, offs, offs < n, True), base), mask=offs < n)
+
+
+def test_rel_ids_clamps_in_order():
+    """Would catch an int32 wrap-around turning a far-away position into a near (or earlier) one."""
+    ids = torch.tensor([5, 6, 2**40, -2**40, 2**31 + 10, 7 - 2**31], device=DEVICE)
+    out = torch.zeros(6, dtype=torch.int32, device=DEVICE)
+    _rel_kernel[(1,)](ids, out, 5, 6, BLOCK=8)
+    assert out.tolist() == [0, 1, 2**31 - 1, 1 - 2**31, 2**31 - 1, 2 - 2**31]
 
 
 @triton.jit
@@ -560,14 +575,18 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU-only tests")
     ap.add_argument("--json", help="write per-test results here")
     ap.add_argument("--numerics", help="measure cos/sin/pow helper accuracy, write it here, run no tests")
+    ap.add_argument("--shard", default="0/1", help="K/N: run every N-th test from the K-th (parallel compiles)")
     args = ap.parse_args(argv)
+    shard, n_shards = (int(x) for x in args.shard.split("/"))
     if args.numerics:
         table = numerics()
         Path(args.numerics).write_text(json.dumps(table, indent=1))
         print(json.dumps(table, indent=1))
         return 0
     results, failed = [], 0
-    for test_id, fn, kwargs in _calls(args.gpu_only):
+    for i, (test_id, fn, kwargs) in enumerate(_calls(args.gpu_only)):
+        if i % n_shards != shard:
+            continue
         t0 = time.time()
         try:
             fn(**kwargs)
