@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 DEVICE, DTYPE = "cuda", torch.bfloat16
 METHODS = ("tapa_triton", "tapa_triton_accurate_cos", "tapa_reference", "sdpa_flash", "sdpa_cudnn")
 # Candidate tile configurations (block_m, block_n, num_warps, num_stages) for --sweep: few, so that
-# compiling all of them fits a short GPU session.
+# compiling all of them fits a short GPU run.
 SWEEP = {
     "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3)],
     "dkdv": [(64, 64, 8, 2), (64, 128, 8, 2), (32, 128, 8, 2), (32, 64, 4, 3)],
