@@ -1,14 +1,17 @@
 """Process groups, created once from the `parallel` config and handed to builders as one object.
 
-Under torchrun / deepspeed / srun the rendezvous comes from the environment (WORLD_SIZE, RANK, ...);
-a plain `python -m tapa_scale.train` is a world of one, initialised on an in-memory store (no port).
-megatron-core's model-parallel groups (tensor, pipeline, context, data) are built on top.
+Under torchrun / deepspeed / srun the rendezvous comes from the environment (WORLD_SIZE, RANK,
+MASTER_ADDR, MASTER_PORT, LOCAL_RANK: torchrun and the deepspeed launcher both set these); a plain
+`python -m tapa_scale.train` is a world of one, initialised on an in-memory store (no port).
+megatron-core's model-parallel groups are built on top with its default rank order tp-cp-dp-pp:
+tensor-parallel ranks are neighbours (same node), pipeline stages are furthest apart.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -18,7 +21,7 @@ from .config import ParallelConfig
 
 @dataclass
 class Groups:
-    """Who this process is in each parallel dimension."""
+    """Who this process is in each parallel dimension (sizes and ranks; groups via `cp_group` etc.)."""
     rank: int
     world_size: int
     local_rank: int
@@ -28,14 +31,32 @@ class Groups:
     dp_rank: int
     dp_size: int
     device: torch.device
+    tp_rank: int = 0
+    pp_rank: int = 0
+    cp_rank: int = 0
+    vpp: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def cp_group(self) -> Optional[dist.ProcessGroup]:
+        from megatron.core import parallel_state as mpu
+        return mpu.get_context_parallel_group()
+
+    @property
+    def model_parallel_group(self) -> Optional[dist.ProcessGroup]:
+        """Tensor x pipeline ranks that hold different parts of one model replica."""
+        from megatron.core import parallel_state as mpu
+        return mpu.get_model_parallel_group()
+
 
 def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600) -> Groups:
-    """Initialise torch.distributed and megatron's model-parallel state; returns this rank's Groups."""
+    """Initialise torch.distributed and megatron's model-parallel state; returns this rank's Groups.
+
+    On CPU the megatron-core compatibility patches (parallel/cpu_compat.py) are switched on here:
+    megatron's schedules and DDP allocate small CUDA tensors even in a world of one."""
     from megatron.core import parallel_state as mpu
 
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -43,6 +64,9 @@ def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600)
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
+    else:
+        from . import cpu_compat
+        cpu_compat.enable()
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ:
@@ -52,10 +76,14 @@ def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600)
                                     timeout=timedelta(seconds=timeout_s))
     if not mpu.model_parallel_is_initialized():
         mpu.initialize_model_parallel(tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
-                                      context_parallel_size=cfg.cp)
+                                      virtual_pipeline_model_parallel_size=cfg.vpp if cfg.vpp > 1 else None,
+                                      context_parallel_size=cfg.cp,
+                                      distributed_timeout_minutes=max(1, timeout_s // 60))
     return Groups(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                   tp=cfg.tp, pp=cfg.pp, cp=cfg.cp, dp_rank=mpu.get_data_parallel_rank(),
-                  dp_size=mpu.get_data_parallel_world_size(), device=dev)
+                  dp_size=mpu.get_data_parallel_world_size(), device=dev,
+                  tp_rank=mpu.get_tensor_model_parallel_rank(), pp_rank=mpu.get_pipeline_model_parallel_rank(),
+                  cp_rank=mpu.get_context_parallel_rank(), vpp=cfg.vpp)
 
 
 def destroy_groups() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data import build_loader, ensure_dataset, load_tokenizer
-from ..model import build_model, transformer_config
-from ..parallel import Groups
+from ..parallel import Groups, validate_parallel
+from ..parallel.parallelize import build_chunks, parallelize, trainable_params, unwrap
 from .optim import build_optimizer
 
 
@@ -23,7 +23,8 @@ class Run:
     groups: Groups
     device: torch.device
     dtype: torch.dtype
-    model: torch.nn.Module
+    model: torch.nn.Module    # this rank's model (unwrapped; a ModuleList of chunks under interleaving)
+    chunks: list              # the DDP-wrapped model chunks the pipeline schedule runs
     optimizer: torch.optim.Optimizer
     train_loader: object
     val_loader: object        # callable -> a fresh iterator over the (finite, fixed) validation batches
@@ -51,7 +52,10 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def build_data(cfg: Config, groups: Groups):
-    """Prepare/validate the dataset (before any model is built) and return (train, val factory, tokenizer)."""
+    """Prepare/validate the dataset (before any model is built) and return (train, val factory, tokenizer).
+
+    Samples are split over data-parallel ranks only: the tensor, pipeline and context parallel ranks of
+    one replica read the same samples (context parallel ranks then take their shard of each sequence)."""
     ensure_dataset(cfg.data)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     mbs = cfg.train.micro_batch_size
@@ -62,21 +66,47 @@ def build_data(cfg: Config, groups: Groups):
     return train, val, tokenizer
 
 
+def check_layout(cfg: Config, groups: Groups, accumulation: int) -> None:
+    """Layout rules that need the data-parallel size (known once the world exists)."""
+    m, p = cfg.model, cfg.parallel
+    problems = validate_parallel(p, num_heads=m.num_heads, kv_heads=m.kv_heads, num_layers=m.num_layers,
+                                 seq_len=cfg.data.seq_len, world_size=groups.world_size,
+                                 num_microbatches=accumulation, device=groups.device.type)
+    if p.distributed_optimizer and (cfg.train.checkpoint_every or cfg.train.final_checkpoint):
+        problems.append("parallel.distributed_optimizer=true shards the optimizer state, which the "
+                        "single-process checkpoint format cannot hold yet; set train.checkpoint_every=0 "
+                        "train.final_checkpoint=false")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def build_optimizer_for(cfg: Config, chunks: list):
+    """AdamW over this rank's parameters; megatron's distributed optimizer (GPU only) when asked for."""
+    t = cfg.train
+    if not cfg.parallel.distributed_optimizer:
+        return build_optimizer(trainable_params(chunks), t)
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    ocfg = OptimizerConfig(optimizer="adam", lr=t.lr, weight_decay=t.weight_decay, adam_beta1=t.beta1,
+                           adam_beta2=t.beta2, adam_eps=t.eps, clip_grad=t.grad_clip,
+                           use_distributed_optimizer=True)
+    return get_megatron_optimizer(ocfg, chunks)
+
+
 def build_run(cfg: Config, groups: Groups) -> Run:
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
+    global_batch = t.global_batch_size or t.micro_batch_size * groups.dp_size
+    accumulation = global_batch // (t.micro_batch_size * groups.dp_size)
+    check_layout(cfg, groups, accumulation)
     train_loader, val_loader, tokenizer = build_data(cfg, groups)
     vocab = cfg.model.vocab_size or len(tokenizer)
     dtype = pick_dtype(t.precision, groups.device)
     seed_everything(t.seed)  # identical initial weights on every data-parallel rank
-    tconf = transformer_config(cfg.model, tp=groups.tp, pp=groups.pp, cp=groups.cp,
-                               sequence_parallel=cfg.parallel.sequence_parallel)
-    model = build_model(cfg.model, vocab_size=vocab, seq_len=cfg.data.seq_len, config=tconf).to(groups.device)
-    optimizer = build_optimizer(model.parameters(), t)
-    global_batch = t.global_batch_size or t.micro_batch_size * groups.dp_size
-    accumulation = global_batch // (t.micro_batch_size * groups.dp_size)
-    return Run(cfg=cfg, groups=groups, device=groups.device, dtype=dtype, model=model, optimizer=optimizer,
-               train_loader=train_loader, val_loader=val_loader, accumulation=accumulation,
-               global_batch=global_batch, document_masking=t.document_masking,
+    chunks = build_chunks(cfg.model, cfg.parallel, groups, vocab_size=vocab, seq_len=cfg.data.seq_len, seed=t.seed)
+    wrapped = parallelize(chunks, groups, cfg.parallel)
+    model = chunks[0] if len(chunks) == 1 else torch.nn.ModuleList(chunks)
+    return Run(cfg=cfg, groups=groups, device=groups.device, dtype=dtype, model=unwrap(model), chunks=wrapped,
+               optimizer=build_optimizer_for(cfg, wrapped), train_loader=train_loader, val_loader=val_loader,
+               accumulation=accumulation, global_batch=global_batch, document_masking=t.document_masking,
                tokenizer_dir=Path(tokenizer.name_or_path))

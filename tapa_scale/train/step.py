@@ -1,45 +1,108 @@
-"""One optimizer step (forward, backward over the micro-batches, clip, update) and validation loss."""
+"""One optimizer step and the validation loss, for every parallel layout through one path: megatron's
+pipeline schedule (`get_forward_backward_func`: no pipelining, 1F1B, or interleaved 1F1B).
+
+Each micro-batch is drawn once per data-parallel rank; a context-parallel rank keeps its load-balanced
+shard of the sequence (tokens, labels, positions, document ids). The loss is the mean over every token
+of the global batch: megatron divides each micro-batch loss by the number of micro-batches and DDP
+averages gradients over the data x context parallel ranks; the value reported is reduced the same way.
+"""
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import torch
+import torch.distributed as dist
 
 from ..model import TokenLayout
+from ..parallel.context_parallel import shard_sequence
+from ..parallel.parallelize import clip_grads, grad_norm, trainable_params
 
 
-def forward_loss(model, batch: dict, device, document_masking: bool) -> torch.Tensor:
-    """Mean next-token loss of one micro-batch (input_ids, labels, position_ids, segment_ids)."""
-    ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+def prepare_batch(run, batch: dict) -> dict:
+    """A loader micro-batch (B, L) -> this rank's model inputs: (B, L / cp) on the device."""
+    g = run.groups
+
+    def local(key):
+        return shard_sequence(batch[key], g.cp, g.cp_rank).to(run.device)
     layout = None
-    if document_masking:  # attend within each packed document, positions restarting at 0
-        layout = TokenLayout(positions=batch["position_ids"].to(device),
-                             segment_ids=batch["segment_ids"].to(device))
-    return model(ids, None, None, labels=labels, packed_seq_params=layout).float().mean()
+    if run.document_masking:  # attend within each packed document, positions restarting at 0
+        layout = TokenLayout(positions=local("position_ids"), segment_ids=local("segment_ids"))
+    return {"input_ids": local("input_ids"), "labels": local("labels"), "layout": layout}
 
 
-@torch.no_grad()
-def evaluate(run, batches: int) -> float:
-    """Mean validation loss over the first `batches` validation micro-batches (same ones every time)."""
-    run.model.eval()
-    losses = []
-    with run.autocast():
-        for batch in itertools.islice(run.val_loader(), batches):
-            losses.append(forward_loss(run.model, batch, run.device, run.document_masking).item())
-    run.model.train()
-    return sum(losses) / max(1, len(losses))
+def _loss(per_token: torch.Tensor, cp: int, means: list):
+    """Loss function for the last pipeline stage. per_token [b, s_local] -> (loss, report).
+
+    megatron multiplies this loss by the context-parallel size and divides it by the number of
+    micro-batches; DDP then averages over data x context parallel ranks. Returning this shard's mean
+    divided by cp makes the gradient that of the mean over all tokens (every shard has as many tokens)."""
+    mean = per_token.float().mean()
+    means.append(mean.detach().clone())
+    return mean / cp, {}
+
+
+def _forward_step(run, means: list):
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        with run.autocast():
+            out = model(batch["input_ids"], None, None, labels=batch["labels"], packed_seq_params=batch["layout"])
+        return out, partial(_loss, cp=run.groups.cp, means=means)
+    return forward_step
+
+
+def _run_schedule(run, microbatches: list, forward_only: bool) -> float:
+    """Forward (and backward) over the micro-batches; returns the mean loss over every rank's tokens."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    means: list = []
+    get_forward_backward_func()(
+        forward_step_func=_forward_step(run, means), data_iterator=[iter(microbatches) for _ in run.chunks],
+        model=run.chunks, num_microbatches=len(microbatches), seq_length=run.cfg.data.seq_len,
+        micro_batch_size=run.cfg.train.micro_batch_size, forward_only=forward_only)
+    return _global_mean(run, means)
+
+
+def _global_mean(run, means: list) -> float:
+    """Average the last stage's micro-batch means over all ranks (each mean covers as many tokens).
+
+    Summed over the whole world: pipeline stages without the loss add nothing, and tensor-parallel
+    copies of the same loss scale the numerator and the count alike."""
+    total = torch.tensor([sum(m.item() for m in means), len(means)], dtype=torch.float64, device=run.device)
+    if run.groups.world_size > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item()
 
 
 def train_step(run, batches) -> tuple[float, float]:
     """One optimizer step over `run.accumulation` micro-batches; returns (loss, grad norm)."""
+    for chunk in run.chunks:
+        chunk.zero_grad_buffer()
     run.optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for _ in range(run.accumulation):
-        with run.autocast():
-            loss = forward_loss(run.model, next(batches), run.device, run.document_masking)
-        (loss / run.accumulation).backward()
-        total += loss.item() / run.accumulation
-    clip = run.cfg.train.grad_clip or float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip).item()
+    microbatches = [prepare_batch(run, next(batches)) for _ in range(run.accumulation)]
+    loss = _run_schedule(run, microbatches, forward_only=False)
+    if run.cfg.parallel.distributed_optimizer:  # megatron's optimizer clips and reports the norm itself
+        _, norm, _ = run.optimizer.step()
+        return loss, float(norm or 0.0)
+    params = trainable_params(run.chunks)
+    for p in params:  # DDP accumulated and reduced the gradients into main_grad
+        p.grad = p.main_grad
+    norm = grad_norm(params, run.groups)
+    clip_grads(params, run.cfg.train.grad_clip, norm)
     run.optimizer.step()
-    return total, grad_norm
+    for p in params:  # the next backward must accumulate into main_grad through DDP's hooks, not here
+        p.grad = None
+    return loss, norm.item()
+
+
+@torch.no_grad()
+def evaluate(run, batches: int) -> float:
+    """Mean validation loss over the first `batches` validation micro-batches of each data-parallel
+    rank (the same ones every time), averaged over all of them."""
+    for chunk in run.chunks:
+        chunk.eval()
+    microbatches = [prepare_batch(run, b) for b in itertools.islice(run.val_loader(), batches)]
+    loss = _run_schedule(run, microbatches, forward_only=True) if microbatches else 0.0
+    for chunk in run.chunks:
+        chunk.train()
+    return loss

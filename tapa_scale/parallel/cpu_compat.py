@@ -1,0 +1,166 @@
+"""Running megatron-core's tensor/sequence/pipeline parallel layers, schedules and DDP on CPU (gloo).
+
+megatron-core assumes CUDA in a few places that our CPU path reaches: buffers allocated on
+`torch.cuda.current_device()`, tensors created with `device="cuda"`, `torch.cuda.synchronize()` after
+point-to-point calls, the CUDA generator behind the model-parallel RNG tracker, and `Tensor.cuda()`
+when the tied output weight is copied to the last pipeline stage. Everything else (the math, the process groups, the collectives) is device-agnostic and runs on
+gloo unchanged. `enable()` is called explicitly by `init_groups` when the device is the CPU and never
+on GPU; it does not touch `torch` itself, only the name `torch` inside the megatron modules listed in
+`_MODULES` (each replaced by a view of torch whose CUDA device is the CPU), two RNG-state helpers and
+one method.
+
+Written for and tested with the megatron-core versions in `TESTED_VERSIONS`; another version gets a
+warning naming both, and a patch whose target has moved fails with an error naming the patch.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import types
+import warnings
+
+import torch
+
+TESTED_VERSIONS = ("0.16.1",)
+
+# Modules whose module-level `torch` becomes `_CPU_TORCH`, with the functions that need it and why.
+_MODULES = {
+    # VocabParallelEmbedding.__init__ / ColumnParallelLinear.__init__ / RowParallelLinear.__init__
+    # allocate weights on torch.cuda.current_device(); LinearWithGradAccumulationAndAsyncCommunication
+    # (forward and backward under sequence parallelism) allocates its all-gather / reduce-scatter buffers there.
+    "megatron.core.tensor_parallel.layers": "weights and sequence-parallel buffers on the CUDA device",
+    # _gather_along_first_dim / _reduce_scatter_along_first_dim / _gather_along_last_dim (sequence parallel
+    # scatter/gather of activations between the embedding, the layers and the output layer).
+    "megatron.core.tensor_parallel.mappings": "sequence-parallel collective buffers on the CUDA device",
+    # GlobalMemoryBuffer.get_tensor: the reusable all-gather buffer of sequence-parallel linears.
+    "megatron.core.utils": "the global all-gather buffer on the CUDA device",
+    # _ParamAndGradBuffer.__init__: DDP's contiguous gradient buffer (param.main_grad) is allocated on
+    # torch.cuda.current_device().
+    "megatron.core.distributed.param_and_grad_buffer": "DDP gradient buffers on the CUDA device",
+    # forward_backward_no_pipelining / _pipelining_without_interleaving / _with_interleaving: the token
+    # counter `total_num_tokens = torch.zeros(..., device="cuda")`, created even when it is not used.
+    "megatron.core.pipeline_parallel.schedules": 'a token counter created with device="cuda"',
+    # P2PCommunicator._communicate / _communicate_shapes: receive buffers on torch.cuda.current_device()
+    # and torch.cuda.synchronize() after batched isend/irecv (a CUDA-stream race that gloo does not have).
+    "megatron.core.pipeline_parallel.p2p_communication": "pipeline receive buffers and stream syncs",
+    # CudaRNGStatesTracker.add / model_parallel_cuda_manual_seed seed and read torch.cuda's generator;
+    # here that is the CPU generator (see _cpu_rng_state below for the tracker's fork()).
+    "megatron.core.tensor_parallel.random": "the model-parallel RNG tracker's generator",
+}
+
+_enabled = False
+
+
+class _CPUCuda:
+    """`torch.cuda` as the patched modules see it: the current device is the CPU, syncs are no-ops."""
+
+    @staticmethod
+    def current_device() -> torch.device:
+        return torch.device("cpu")
+
+    @staticmethod
+    def synchronize(device=None) -> None:
+        return None  # CPU ops complete before gloo returns; there is no stream to wait for
+
+    get_rng_state = staticmethod(torch.get_rng_state)
+    manual_seed = staticmethod(torch.manual_seed)
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+
+def _cpu_factory(factory):
+    """torch.zeros/empty/ones/tensor with device="cuda" (or a CUDA device) redirected to the CPU."""
+    @functools.wraps(factory)
+    def make(*args, device=None, **kwargs):
+        if device is not None and torch.device(device).type == "cuda":
+            device = "cpu"
+        return factory(*args, device=device, **kwargs)
+    return make
+
+
+class _CPUTorch(types.ModuleType):
+    """A view of the torch module for megatron code running on CPU; every other name is torch's own."""
+
+    def __init__(self):
+        super().__init__("torch")
+        self.cuda = _CPUCuda()
+        for name in ("zeros", "empty", "ones", "tensor"):
+            setattr(self, name, _cpu_factory(getattr(torch, name)))
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+_CPU_TORCH = _CPUTorch()
+
+
+def _tensor_cuda_is_identity(fn):
+    """LanguageModule.setup_embeddings_and_output_layer, with pipeline parallelism and tied embeddings,
+    moves the last stage's copy of the word embeddings with `weight.data.cuda()` before the all-reduce
+    that copies them from the first stage. On CPU that copy stays where it is."""
+    @functools.wraps(fn)
+    def setup(self, *args, **kwargs):
+        original = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda t, *a, **k: t
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            torch.Tensor.cuda = original
+    setup._tapa_cpu_compat = True
+    return setup
+
+
+def _get_cpu_rng_state(device="cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+    """Replaces tensor_parallel.random._get_cuda_rng_state (read by CudaRNGStatesTracker.fork, which
+    sequence-parallel embeddings enter on every forward): the CPU generator's state."""
+    return torch.get_rng_state()
+
+
+def _set_cpu_rng_state(new_state: torch.Tensor, device=-1, graph_safe: bool = False) -> None:
+    """Replaces tensor_parallel.random._set_cuda_rng_state (same callers): sets the CPU generator."""
+    torch.set_rng_state(new_state)
+
+
+def check_version() -> str:
+    """megatron-core's version; warns once when it is not one this module was tested with."""
+    import megatron.core
+
+    version = megatron.core.__version__
+    if version not in TESTED_VERSIONS:
+        warnings.warn(f"tapa_scale.parallel.cpu_compat was written for megatron-core "
+                      f"{', '.join(TESTED_VERSIONS)} and meets {version}: CPU runs of tensor/pipeline/"
+                      f"context parallel layouts may fail or differ; check the patches in this module",
+                      RuntimeWarning, stacklevel=2)
+    return version
+
+
+def enable() -> None:
+    """Apply the CPU patches (idempotent). Only call this when the device is the CPU."""
+    global _enabled
+    if _enabled:
+        return
+    check_version()
+    for name in _MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise RuntimeError(f"cpu_compat: megatron module {name} not found ({e}); this megatron-core "
+                               f"version is not supported on CPU") from None
+        if getattr(module, "torch", None) is not torch:
+            raise RuntimeError(f"cpu_compat: {name} no longer imports torch as `torch`; patch needs review")
+        module.torch = _CPU_TORCH
+    from megatron.core.tensor_parallel import random as tp_random
+    for name, replacement in (("_get_cuda_rng_state", _get_cpu_rng_state), ("_set_cuda_rng_state", _set_cpu_rng_state)):
+        if not callable(getattr(tp_random, name, None)):
+            raise RuntimeError(f"cpu_compat: megatron.core.tensor_parallel.random.{name} not found; patch needs review")
+        setattr(tp_random, name, replacement)
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+    setup = LanguageModule.setup_embeddings_and_output_layer
+    if not getattr(setup, "_tapa_cpu_compat", False):
+        LanguageModule.setup_embeddings_and_output_layer = _tensor_cuda_is_identity(setup)
+    _enabled = True
+
+
+def is_enabled() -> bool:
+    return _enabled

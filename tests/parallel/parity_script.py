@@ -1,0 +1,194 @@
+"""Rank script for test_parity.py: train a tiny model for a few steps in one or more parallel layouts
+and compare every rank's losses, gradients and final weights with a single-process reference.
+
+    parity_script.py OUT --reference              # one process: writes OUT/reference_{docs,plain}.*
+    torchrun ... parity_script.py OUT tp2 pp2 ... # each layout in turn, in the same processes
+
+A layout is a dash-joined list: tp2, pp2, cp2, vpp2, sp (sequence parallel), ring (cp_comm=ring),
+plain (no packed documents: default positions); the data-parallel size is what the world leaves.
+Every layout starts from the reference's initial weights (cut into this rank's shards), reads the same
+global batches (split over data-parallel ranks as the loader splits them) and runs the library's own
+train_step / evaluate. Rank 0 writes OUT/<layout>.json with the losses, grad norms and the largest
+relative differences (over all ranks) of gradients and weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from tapa_scale.config import Config, validate
+from tapa_scale.parallel import ParallelConfig, init_groups
+from tapa_scale.parallel.parallelize import build_chunks, parallelize, unwrap
+from tapa_scale.parallel.reshard import load_full_state_dict, local_tensors
+from tapa_scale.train.setup import Run, build_optimizer_for, seed_everything
+
+STEPS, MICRO, GLOBAL_MICRO, SEQ, VOCAB = 3, 2, 2, 32, 256  # 2 micro-batches of 2 sequences per step
+
+
+def make_config(layout: dict, dp: int) -> Config:
+    cfg = Config()
+    m = cfg.model
+    m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.ffn_hidden_size = 4, 64, 4, 2, 128
+    m.vocab_size, m.attention_impl, m.pos_encoding = VOCAB, "reference", "tapa"
+    cfg.data.seq_len = SEQ
+    t = cfg.train
+    t.micro_batch_size, t.global_batch_size = GLOBAL_MICRO // dp, GLOBAL_MICRO * MICRO
+    # eps=1e-3 keeps AdamW's update Lipschitz in the gradient (|du| <= |dg| / eps): with the paper's 1e-8,
+    # m / sqrt(v) turns rounding-sized differences of near-zero gradients into O(lr) weight differences.
+    t.lr, t.eps, t.grad_clip, t.document_masking = 1e-3, 1e-3, 1.0, layout["docs"]
+    t.checkpoint_every, t.final_checkpoint = 0, False
+    p = cfg.parallel
+    p.tp, p.pp, p.cp, p.vpp = layout["tp"], layout["pp"], layout["cp"], layout["vpp"]
+    p.sequence_parallel, p.cp_comm = layout["sp"], "ring" if layout["ring"] else "allgather"
+    problems = validate(cfg, world_size=dp * p.tp * p.pp * p.cp, check_paths=False)
+    assert not problems, problems
+    return cfg
+
+
+def parse(name: str) -> dict:
+    layout = dict(tp=1, pp=1, cp=1, vpp=1, sp=False, ring=False, docs=True)
+    for part in name.split("-"):
+        if part in ("sp", "ring"):
+            layout[part] = True
+        elif part == "plain":
+            layout["docs"] = False
+        elif part[:-1] in ("tp", "pp", "cp", "vpp", "dp"):
+            layout[part[:-1]] = int(part[-1])
+        else:
+            raise ValueError(f"unknown layout part {part!r} in {name!r}")
+    return layout
+
+
+def global_batches(split: str, n: int):
+    """n global micro-batches of GLOBAL_MICRO packed sequences, the same on every rank."""
+    gen = torch.Generator().manual_seed(0 if split == "train" else 1)
+    for _ in range(n):
+        ids = torch.randint(0, VOCAB, (GLOBAL_MICRO, SEQ + 1), generator=gen)
+        seg = torch.zeros(GLOBAL_MICRO, SEQ, dtype=torch.int64)
+        for row in seg:  # 2-3 documents per sequence, positions restarting at 0 in each
+            for cut in torch.randint(1, SEQ, (2,), generator=gen).tolist():
+                row[cut:] += 1
+        start = torch.cat([torch.zeros(GLOBAL_MICRO, 1, dtype=torch.int64), (seg[:, 1:] != seg[:, :-1]).long()], 1)
+        idx = torch.arange(SEQ).expand(GLOBAL_MICRO, SEQ)
+        first = torch.cummax(torch.where(start.bool(), idx, torch.zeros_like(idx)), dim=1).values
+        yield {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "segment_ids": seg, "position_ids": idx - first}
+
+
+def dp_view(batches, dp_rank: int, dp_size: int):
+    """The loader's rule: rank r of D takes samples r, r + D, ... of each global micro-batch."""
+    for batch in batches:
+        yield {k: v[dp_rank::dp_size] for k, v in batch.items()}
+
+
+class Recorder:
+    """Wraps the optimizer: keeps each step's (clipped) gradients, keyed by local parameter name."""
+
+    def __init__(self, optimizer, names: dict):
+        self.optimizer, self.names, self.grads = optimizer, names, []
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        self.grads.append({self.names[p]: p.grad.detach().clone() for p in self.names if p.grad is not None})
+        return self.optimizer.step()
+
+
+def run_layout(cfg: Config, groups, full_init: dict | None):
+    seed_everything(0)
+    chunks = build_chunks(cfg.model, cfg.parallel, groups, vocab_size=VOCAB, seq_len=SEQ)
+    if full_init is not None:
+        for chunk in chunks:
+            load_full_state_dict(chunk, full_init)
+    wrapped = parallelize(chunks, groups, cfg.parallel)
+    names = {p: (i, n) for i, c in enumerate(chunks) for n, p in c.named_parameters()}
+    optimizer = Recorder(build_optimizer_for(cfg, wrapped), names)
+    run = Run(cfg=cfg, groups=groups, device=groups.device, dtype=torch.float32, model=chunks[0], chunks=wrapped,
+              optimizer=optimizer, train_loader=None, accumulation=MICRO, global_batch=GLOBAL_MICRO * MICRO,
+              val_loader=lambda: dp_view(global_batches("val", 2), groups.dp_rank, groups.dp_size),
+              document_masking=cfg.train.document_masking, tokenizer_dir=None)
+    from tapa_scale.train.step import evaluate, train_step
+    batches = dp_view(global_batches("train", STEPS * MICRO), groups.dp_rank, groups.dp_size)
+    losses, norms = zip(*(train_step(run, batches) for _ in range(STEPS)))
+    return chunks, optimizer.grads, {"losses": list(losses), "norms": list(norms), "val": evaluate(run, 2)}
+
+
+def reference(out: Path) -> None:
+    from safetensors.torch import save_file
+    groups = init_groups(ParallelConfig(), "cpu")
+    for docs in (True, False):
+        cfg = make_config(parse("tp1" if docs else "plain"), 1)
+        seed_everything(0)
+        init = {n: p.detach().clone() for n, p in
+                build_chunks(cfg.model, cfg.parallel, groups, vocab_size=VOCAB, seq_len=SEQ)[0].state_dict().items()
+                if p is not None}
+        chunks, grads, stats = run_layout(cfg, groups, init)
+        tensors = {f"init/{n}": t for n, t in init.items()}
+        tensors.update({f"grad{s}/{n}": g for s, step in enumerate(grads) for (_, n), g in step.items()})
+        tensors.update({f"final/{n}": p.detach() for n, p in chunks[0].named_parameters()})
+        tag = "docs" if docs else "plain"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"reference_{tag}.safetensors"))
+        (out / f"reference_{tag}.json").write_text(json.dumps(stats))
+
+
+def worst(mine: dict, full: dict, chunks) -> float:
+    """Largest |mine - ref| / max|ref| over this rank's tensors, ref cut from the full tensors."""
+    err = 0.0
+    for i, chunk in enumerate(chunks):
+        ref = local_tensors(full, unwrap(chunk))
+        for name, value in ref.items():
+            if (i, name) in mine:
+                scale = value.abs().max().clamp_min(1e-12)
+                err = max(err, float((mine[(i, name)] - value).abs().max() / scale))
+    return err
+
+
+def parallel(out: Path, names: list[str]) -> None:
+    from megatron.core import parallel_state as mpu
+    from safetensors.torch import load_file
+    world = int(os.environ["WORLD_SIZE"])
+    for name in names:
+        layout = parse(name)
+        cfg = make_config(layout, world // (layout["tp"] * layout["pp"] * layout["cp"]))
+        ref = load_file(str(out / f"reference_{'docs' if layout['docs'] else 'plain'}.safetensors"))
+        part = lambda prefix: {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}  # noqa: E731
+        try:
+            groups = init_groups(cfg.parallel, "cpu")
+            chunks, grads, stats = run_layout(cfg, groups, part("init/"))
+            errs = [worst(g, part(f"grad{s}/"), chunks) for s, g in enumerate(grads)]
+            final = {(i, n): p.detach() for i, c in enumerate(chunks) for n, p in c.named_parameters()}
+            errs.append(worst(final, part("final/"), chunks))
+            errs = torch.tensor(errs, dtype=torch.float64)
+            dist.all_reduce(errs, op=dist.ReduceOp.MAX)
+            stats.update(grad_errors=errs[:-1].tolist(), param_error=float(errs[-1]))
+        except Exception:
+            stats = {"error": traceback.format_exc()}
+            (out / f"{name}.rank{dist.get_rank()}.json").write_text(json.dumps(stats))
+            sys.stdout.flush()
+            os._exit(1)  # the other ranks may wait in a collective: end the launch now
+        if dist.get_rank() == 0:
+            (out / f"{name}.json").write_text(json.dumps(stats))
+        mpu.destroy_model_parallel()
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0])
+    out.mkdir(parents=True, exist_ok=True)
+    if argv[1:] == ["--reference"]:
+        reference(out)
+    else:
+        parallel(out, argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,69 @@
+"""Bad parallel layouts are refused with one clear line before any process group starts, and the CPU
+compatibility module says when it meets a megatron-core version it was not written for."""
+import subprocess
+import sys
+
+import pytest
+
+from dist_harness import REPO, rank_env
+from tapa_scale.parallel import ParallelConfig, validate_parallel
+from tapa_scale.parallel import cpu_compat
+
+MODEL = dict(num_heads=4, kv_heads=2, num_layers=4, seq_len=32)
+
+
+def problems(world_size=1, num_microbatches=None, device="auto", **layout):
+    return validate_parallel(ParallelConfig(**layout), world_size=world_size, num_microbatches=num_microbatches,
+                             device=device, **MODEL)
+
+
+@pytest.mark.parametrize("layout, world, expected", [
+    (dict(tp=3), 3, "parallel.tp=3 must divide model.num_heads=4 and the key/value heads (query groups, 2)"),
+    (dict(tp=4), 4, "query groups, 2"),                       # divides the heads but not the 2 query groups
+    (dict(pp=3), 3, "parallel.pp=3 must divide model.num_layers=4"),
+    (dict(pp=2, vpp=4), 2, "parallel.pp=2 x parallel.vpp=4 must divide model.num_layers=4"),
+    (dict(vpp=2), 1, "parallel.vpp=2 (interleaved pipeline) needs parallel.pp > 1"),
+    (dict(tp=2), 3, "world size 3 is not divisible by parallel.tp*pp*cp=2"),
+    (dict(cp=3), 3, "data.seq_len=32 must be divisible by 2*parallel.cp=6"),
+    (dict(sequence_parallel=True), 1, "parallel.sequence_parallel=true needs parallel.tp > 1"),
+    (dict(cp_comm="p2p"), 1, "parallel.cp_comm='p2p': expected allgather or ring"),
+    (dict(tp=0), 1, "parallel.tp=0: must be >= 1"),
+])
+def test_bad_layouts_are_named(layout, world, expected):
+    found = problems(world, **layout)
+    assert any(expected in p for p in found), found
+
+
+def test_interleaving_needs_a_multiple_of_pp_micro_batches():
+    assert problems(2, num_microbatches=4, pp=2, vpp=2) == []
+    assert "multiple of parallel.pp=2" in problems(2, num_microbatches=3, pp=2, vpp=2)[0]
+
+
+def test_distributed_optimizer_is_refused_on_cpu():
+    assert "runs on GPUs only" in problems(device="cpu", distributed_optimizer=True)[0]
+
+
+def test_good_layouts_pass():
+    for layout, world in ((dict(tp=2, pp=2), 8), (dict(tp=2, sequence_parallel=True, cp=2), 4),
+                          (dict(pp=2, vpp=2), 2), (dict(cp=4, cp_comm="ring"), 4)):
+        assert problems(world, **layout) == [], layout
+
+
+def test_cli_refuses_a_bad_layout_before_starting(tmp_path):
+    # one line naming the key and value, exit code 2, nothing written, no rendezvous attempted
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "tapa_scale.train", "--config", "configs/tiny.yaml",
+                           f"run.dir={run_dir}", "parallel.tp=3"], cwd=REPO, env=rank_env(WORLD_SIZE=3),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "parallel.tp=3 must divide model.num_heads=4" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not run_dir.exists()
+
+
+def test_cpu_compat_names_an_untested_megatron_version(monkeypatch):
+    import megatron.core
+    monkeypatch.setattr(megatron.core, "__version__", "0.99.0")
+    with pytest.warns(RuntimeWarning, match=r"written for megatron-core 0\.16\.1 and meets 0\.99\.0"):
+        assert cpu_compat.check_version() == "0.99.0"

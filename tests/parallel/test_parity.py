@@ -1,0 +1,68 @@
+"""Every parallel layout trains like one process: same losses, gradient norms, gradients of each step,
+validation loss and final weights, starting from the same weights (fp32, gloo, torchrun).
+
+One reference run (single process) and two launches (2 and 4 ranks) run all layouts; parity_script.py
+does the work and each test below reads one layout's result.
+
+Tolerances (fp32). The layouts compute the same function with sums in other orders: tensor-parallel
+matmuls and all-reduces, DDP's all-reduce over data x context ranks, the ring's float32 LSE merge.
+Measured on the 2-core development machine: gradients within 8e-7 of each tensor's largest entry,
+weights within 3e-7, losses and norms within 1e-7 relative. The limits below (1e-5 and 2e-6) leave more
+than 10x for rounding, while any real mistake (a missing or doubled reduction, a wrong shard, a mis-
+scaled loss) moves these numbers by 1e-2 or more. The optimizer is AdamW with eps=1e-3 (see
+parity_script.make_config) so that rounding-sized gradient differences stay rounding-sized in the weights.
+"""
+import pytest
+
+from dist_harness import HERE, read_json, run, rank_env, torchrun
+
+SCRIPT = HERE / "parity_script.py"
+TWO = ["tp2", "tp2-sp", "pp2", "pp2-vpp2", "cp2", "cp2-ring", "cp2-plain", "cp2-ring-plain", "dp2"]
+FOUR = ["tp2-pp2", "tp2-cp2-sp-ring", "dp2-pp2-vpp2"]
+GRAD_TOL, LOSS_RTOL = 1e-5, 2e-6
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Runs the reference and both launches once; a launch that fails leaves its layouts without results."""
+    out = tmp_path_factory.mktemp("parity")
+    import sys
+    run([sys.executable, str(SCRIPT), str(out), "--reference"], timeout=300, env=rank_env())
+    failures = {}
+    for nproc, layouts in ((2, TWO), (4, FOUR)):
+        try:
+            torchrun(nproc, SCRIPT, out, *layouts, timeout=420)
+        except AssertionError as e:
+            failures[nproc] = str(e)[-4000:]
+    return out, failures
+
+
+def _check(results, layout: str) -> None:
+    out, failures = results
+    path = out / f"{layout}.json"
+    if not path.exists():
+        errors = sorted(out.glob(f"{layout}.rank*.json"))
+        detail = read_json(errors[0])["error"] if errors else "\n".join(failures.values())
+        pytest.fail(f"{layout}: no result\n{detail}")
+    got = read_json(path)
+    ref = read_json(out / f"reference_{'plain' if 'plain' in layout else 'docs'}.json")
+    assert got["losses"] == pytest.approx(ref["losses"], rel=LOSS_RTOL), "losses"
+    assert got["norms"] == pytest.approx(ref["norms"], rel=LOSS_RTOL), "gradient norms"
+    assert got["val"] == pytest.approx(ref["val"], rel=LOSS_RTOL), "validation loss"
+    assert max(got["grad_errors"]) < GRAD_TOL, f"gradients per step: {got['grad_errors']}"
+    assert got["param_error"] < GRAD_TOL, "weights after the last step"
+
+
+@pytest.mark.parametrize("layout", TWO)
+def test_two_ranks_match_one_process(results, layout):
+    # tp2: column/row splits incl. SwiGLU's strided fc1 and GQA groups; sp: sequence-parallel norms and
+    # embedding; pp2 / vpp2: 1F1B and interleaved schedules, tied embedding across stages; cp2: sharding
+    # and K/V exchange with packed documents (plain: default positions); dp2: loader split and DDP mean
+    _check(results, layout)
+
+
+@pytest.mark.parametrize("layout", FOUR)
+def test_four_ranks_match_one_process(results, layout):
+    # combinations: tensor x pipeline groups (grad norm over the model-parallel group), tensor x context
+    # with sequence parallelism and the ring, data x interleaved pipeline
+    _check(results, layout)
