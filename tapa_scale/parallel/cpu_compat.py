@@ -46,6 +46,13 @@ _MODULES = {
     # CudaRNGStatesTracker.add / model_parallel_cuda_manual_seed seed and read torch.cuda's generator;
     # here that is the CPU generator (see _cpu_rng_state below for the tracker's fork()).
     "megatron.core.tensor_parallel.random": "the model-parallel RNG tracker's generator",
+    # dist_checkpointing's writer (sharded checkpoints): FileSystemWriterAsync.preload_tensors calls
+    # torch.cuda.synchronize() even for a synchronous save; save_state_dict_async_plan /
+    # save_state_dict_async_finalize reduce flags created with device="cuda" / on torch.cuda.current_device();
+    # AsyncCallsQueue and its workers do the same for their bookkeeping tensors.
+    "megatron.core.dist_checkpointing.strategies.filesystem_async": "a CUDA sync before writing",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver": "save flags on the CUDA device",
+    "megatron.core.dist_checkpointing.strategies.async_utils": "async-save bookkeeping on the CUDA device",
 }
 
 _enabled = False
@@ -90,6 +97,9 @@ class _CPUTorch(types.ModuleType):
 
     def __getattr__(self, name):
         return getattr(torch, name)
+
+    def __repr__(self) -> str:
+        return "<torch as megatron-core sees it on CPU (tapa_scale.parallel.cpu_compat)>"
 
 
 _CPU_TORCH = _CPUTorch()
