@@ -1,39 +1,79 @@
-"""Checkpoints of a single-process run: what must resume, written atomically, found by resume.
+"""Checkpoints: what must resume, written by every rank, verified and published atomically, found by
+resume (falling back past broken ones), pruned to the last N.
 
-Layout of one checkpoint, `<run.dir>/checkpoints/step_00000100/`:
-    model.safetensors   weights (safetensors: nothing is unpickled on load)
-    optimizer.pt        optimizer state dict, read back with torch.load(weights_only=True)
-    rng.pt              torch CPU (and CUDA) generator states, likewise
-    state.json          step, tokens, data-loader state, python/numpy RNG states
-    config.yaml         the resolved configuration
-    tokenizer/          the tokenizer files the run used
-    COMPLETE            written last: a checkpoint without it is ignored
-Everything is written into `step_XXXXXXXX.tmp/` and renamed into place at the end, so a crash during a
-save leaves the previous checkpoint as the latest complete one.
+Layout of one training checkpoint, `<run.dir>/checkpoints/step_00000100/`:
+    dist/                 model and AdamW moments through megatron-core dist_checkpointing (torch_dist);
+                          every rank writes its own shards (sharded.py)
+    rng/rank_00000.*      per-rank RNG: torch/CUDA/megatron-tracker states (safetensors), numpy/python (JSON)
+    model.safetensors     full weights for tools, written when the model is not split (tp = pp = 1)
+    state.json            step, tokens, optimizer steps, skipped steps, data-loader state, the fingerprint
+                          of the next batch's samples, the layout that wrote it
+    config.yaml           the resolved configuration
+    tokenizer/            the tokenizer files of the run
+    manifest.json         every file above with its size and sha256
+    COMPLETE              written last
+The rename is the publication: discovery lists `step_*` directories that hold COMPLETE (no separate
+`latest` pointer that could disagree with the directories).
+
+A save writes into `step_XXXXXXXX.tmp/`. Only after every rank finished (a barrier) does rank 0 hash
+the files into manifest.json, write COMPLETE and rename the directory into place.
+A crash at any point before the rename leaves a `.tmp` directory that resume reports and ignores.
+On resume, rank 0 checks the newest complete checkpoint against its manifest (file list, sizes,
+sha256); a checkpoint that fails is named in one line and the previous one is tried.
+
+A weights-only checkpoint (imports from Hugging Face, tests) is the same directory without dist/ and
+rng/: model.safetensors, config.yaml, tokenizer/, COMPLETE. `full_state_dict` reads either.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import random
+import os
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .sharded import DIST, RNG, iter_files, read_full_tensors
+
 MARKER = "COMPLETE"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 2
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint directory that fails verification; the message names it and why, in one line."""
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
 
 
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Published checkpoints of a run, oldest first (a COMPLETE marker; contents not yet verified)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / MARKER).exists())
+
+
+def partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Saves that never finished: `.tmp` directories, or step directories without COMPLETE."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
+                  and (p.name.endswith(".tmp") or not (p / MARKER).exists()))
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The newest complete checkpoint of a run directory, or None."""
-    root = Path(run_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / MARKER).exists()) if root.is_dir() else []
+    done = complete_checkpoints(run_dir)
     return done[-1] if done else None
 
 
@@ -50,59 +90,197 @@ def resolve_checkpoint(path: str | Path) -> Path:
                             f"directory with a complete checkpoint under checkpoints/")
 
 
-def rng_state() -> tuple[dict, dict]:
-    """(tensors for rng.pt, JSON-able python/numpy states)."""
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["cuda"] = torch.cuda.get_rng_state()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, py_gauss = random.getstate()
-    return tensors, {"numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-                     "python": [version, list(internal), py_gauss]}
+def step_of(ckpt: Path) -> int:
+    return int(_STEP_DIR.match(Path(ckpt).name).group(1))
 
 
-def set_rng_state(tensors: dict, states: dict) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if "cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["cuda"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, py_gauss = states["python"]
-    random.setstate((version, tuple(internal), py_gauss))
+# ---------------------------------------------------------------- manifest and verification
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, state: dict, config_yaml: str,
-                    tokenizer_dir: Optional[Path] = None) -> Path:
-    """Write checkpoint `step` atomically; returns its directory."""
-    final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
+def write_manifest(ckpt: Path) -> dict:
+    """Record every file of `ckpt` (relative path -> size, sha256) in manifest.json."""
+    files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in iter_files(ckpt) if p.name not in (MANIFEST, MARKER)}
+    manifest = {"format": FORMAT_VERSION, "files": files}
+    (ckpt / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def verify(ckpt: Path, checksums: bool = True) -> None:
+    """Raise CorruptCheckpoint (one line naming `ckpt`) unless its files match manifest.json."""
+    ckpt = Path(ckpt)
+    if not (ckpt / MARKER).exists():
+        raise CorruptCheckpoint(f"{ckpt}: partial checkpoint (no {MARKER} marker)")
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpoint(f"{ckpt}: {MANIFEST} unreadable ({type(e).__name__})") from None
+    listed = manifest["files"]
+    present = {str(p.relative_to(ckpt)) for p in iter_files(ckpt)} - {MANIFEST, MARKER}
+    if missing := sorted(set(listed) - present):
+        raise CorruptCheckpoint(f"{ckpt}: missing {len(missing)} file(s), e.g. {missing[0]}")
+    if extra := sorted(present - set(listed)):
+        raise CorruptCheckpoint(f"{ckpt}: {len(extra)} file(s) not in the manifest, e.g. {extra[0]}")
+    for name, meta in listed.items():
+        path = ckpt / name
+        if path.stat().st_size != meta["size"]:
+            raise CorruptCheckpoint(f"{ckpt}: {name} has {path.stat().st_size} bytes, manifest says {meta['size']}")
+        if checksums and _sha256(path) != meta["sha256"]:
+            raise CorruptCheckpoint(f"{ckpt}: {name} fails its sha256 checksum")
+    if (ckpt / DIST).is_dir():
+        from .sharded import UnsafeCheckpoint, check_metadata_pickle
+        try:
+            check_metadata_pickle(ckpt / DIST)
+        except UnsafeCheckpoint as e:
+            raise CorruptCheckpoint(str(e)) from None
+
+
+def select_checkpoint(run_dir: Path, resume_from: int = -1, checksums: bool = True,
+                      report=print) -> Optional[Path]:
+    """The checkpoint to resume from: step `resume_from` if >= 0, else the newest one that verifies.
+
+    Partial saves and checkpoints that fail verification are reported in one line each and skipped.
+    An explicit `resume_from` that is missing or broken is an error: the user asked for that one."""
+    for partial in partial_checkpoints(run_dir):
+        report(f"checkpoint: ignoring partial checkpoint {partial} (a save that did not finish)")
+    if resume_from >= 0:
+        chosen = checkpoint_dir(run_dir, resume_from)
+        if not chosen.exists():
+            raise CorruptCheckpoint(f"train.resume_from={resume_from}: {chosen} does not exist")
+        verify(chosen, checksums)
+        return chosen
+    for ckpt in reversed(complete_checkpoints(run_dir)):
+        try:
+            verify(ckpt, checksums)
+            return ckpt
+        except CorruptCheckpoint as e:
+            report(f"checkpoint: {e}; falling back to the previous complete checkpoint")
+    return None
+
+
+# ---------------------------------------------------------------- publish and retention
+
+def begin_save(run_dir: Path, step: int) -> Path:
+    """The temporary directory of checkpoint `step` (rank 0 creates it empty; others wait on a barrier)."""
+    tmp = checkpoint_dir(run_dir, step).with_name(f"step_{step:08d}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if v is not None}
-    save_file(weights, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng_tensors, rng_json = rng_state()
-    torch.save(rng_tensors, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_json}))
-    (tmp / "config.yaml").write_text(config_yaml)
-    if tokenizer_dir is not None:
-        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-    (tmp / MARKER).write_text(f"step {step}\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    return tmp
+
+
+def publish(tmp: Path, *, hook=None) -> Path:
+    """Hash, mark and rename a fully written checkpoint into place. Rank 0 only.
+
+    `hook(stage)` lets the crash tests stop here (see faults.test_hook)."""
+    final = tmp.with_name(tmp.name[: -len(".tmp")])
+    write_manifest(tmp)
+    if hook:
+        hook("manifest")
+    (tmp / MARKER).write_text(f"step {step_of(final)}\n")
+    _fsync_dir(tmp)
+    if final.exists():  # a stale copy of the same step (e.g. after resume_from an older one)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
     return final
 
 
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # not supported on every filesystem; the rename order still holds
+        pass
+
+
+def prune(run_dir: Path, keep: int, protect: Optional[Path] = None) -> list[Path]:
+    """Delete complete checkpoints beyond the newest `keep` (0 = keep all), never `protect`."""
+    if keep <= 0:
+        return []
+    done = complete_checkpoints(run_dir)
+    gone = [p for p in done[:-keep] if protect is None or p.resolve() != Path(protect).resolve()]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+def remove_partials(run_dir: Path) -> None:
+    for p in partial_checkpoints(run_dir):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- files beside the shards
+
+def write_common(tmp: Path, *, state: dict, config_yaml: str, tokenizer_dir: Optional[Path],
+                 weights: Optional[dict] = None) -> None:
+    """Rank 0's part: state.json, config.yaml, tokenizer/ and (unsplit models) model.safetensors."""
+    (tmp / "state.json").write_text(json.dumps({"format": FORMAT_VERSION, **state}, indent=1))
+    (tmp / "config.yaml").write_text(config_yaml)
+    if tokenizer_dir is not None:
+        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+    if weights is not None:
+        save_file(weights, str(tmp / "model.safetensors"))
+
+
+def full_weights(model) -> dict:
+    """A single-process model's tensors as saved in model.safetensors (None entries dropped)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if isinstance(v, torch.Tensor)}
+
+
+def read_state(ckpt: Path) -> dict:
+    return json.loads((Path(ckpt) / "state.json").read_text())
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model, optimizer=None, state: dict, config_yaml: str,
+                    tokenizer_dir: Optional[Path] = None) -> Path:
+    """Write a weights-only checkpoint of a single-process model (imports from Hugging Face, tests).
+
+    `optimizer` is accepted and not stored: a weights-only checkpoint starts runs (train.init_from),
+    it is not resumed."""
+    tmp = begin_save(run_dir, step)
+    write_common(tmp, state=state, config_yaml=config_yaml, tokenizer_dir=tokenizer_dir, weights=full_weights(model))
+    return publish(tmp)
+
+
 def load_model_weights(ckpt: Path, model) -> None:
-    """Load model.safetensors into `model` (strict: every key must match)."""
-    model.load_state_dict(load_file(str(Path(ckpt) / "model.safetensors")), strict=True)
+    """Load a checkpoint's full weights into a single-process `model` (strict: every key must match)."""
+    model.load_state_dict(full_state_dict(ckpt), strict=True)
 
 
-def load_checkpoint(ckpt: Path, *, model, optimizer) -> dict:
-    """Restore model, optimizer and RNG states; returns state.json (step, tokens, data state)."""
+def full_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The full, unsharded single-process state dict of a checkpoint of either layout.
+
+    Sharded checkpoints store decoder layers stacked (`decoder.layers.<name>` with the global layer
+    index on axis 0) and tensor-parallel pieces at their global offsets, which is the single-process
+    layout once the stack is split again; tied output weights are stored once, as the embedding."""
     ckpt = Path(ckpt)
-    load_model_weights(ckpt, model)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    state = json.loads((ckpt / "state.json").read_text())
-    set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True), state.pop("rng"))
-    return state
+    if (ckpt / "model.safetensors").is_file():
+        return load_file(str(ckpt / "model.safetensors"))
+    if not (ckpt / DIST).is_dir():
+        raise FileNotFoundError(f"{ckpt}: neither model.safetensors nor {DIST}/ (a sharded checkpoint)")
+    out = {}
+    for key, value in read_full_tensors(ckpt / DIST).items():
+        if key.startswith("optim."):
+            continue
+        if key.startswith("decoder.layers."):
+            rest = key[len("decoder.layers."):]
+            for i in range(value.shape[0]):
+                out[f"decoder.layers.{i}.{rest}"] = value[i].clone()
+        else:
+            out[key] = value
+    return out
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -35,6 +35,18 @@ class TrainConfig:
     precision: str = "auto"         # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16
     device: str = "auto"            # auto | cpu | cuda
     threads: int = 0                # CPU threads for torch; 0 = torch's default
+    keep_checkpoints: int = 0       # keep the newest N complete checkpoints; 0 = keep all
+    resume_from: int = -1           # resume from checkpoint step N (>= 0) instead of the newest complete one
+    verify_checksums: bool = True   # check the sha256 of every checkpoint file before resuming from it
+    save_on_signal: bool = True     # SIGTERM / SIGUSR1: checkpoint after the current step, then exit 0
+    on_nonfinite: str = "skip"      # non-finite loss or grad norm: skip (optimizer untouched) | stop | rollback
+    max_bad_steps: int = 5          # this many consecutive non-finite steps stop the run
+    watchdog_s: float = 0.0         # report (rank, step, all Python stacks) when a step takes longer; 0 = off
+    # Fault injection for the tests (docs/checkpoints.md); 0 / "" = off. Never set in real runs.
+    fault_nan_at: int = 0           # poison the activations (loss and gradients become NaN) at this step
+    fault_stall_at: int = 0         # sleep fault_stall_s seconds inside this step
+    fault_stall_s: float = 0.0
+    fault_kill_in_save: str = ""    # SIGKILL rank 0 during the next save: "shards" (after the shards) | "manifest"
 
 
 def validate_train(t: TrainConfig) -> list[str]:
@@ -54,6 +66,17 @@ def validate_train(t: TrainConfig) -> list[str]:
         errs.append(f"train.beta1/beta2=({t.beta1}, {t.beta2}): each must lie in [0, 1)")
     if t.precision not in ("auto", "fp32", "bf16"):
         errs.append(f"train.precision={t.precision!r}: expected auto, fp32 or bf16")
+    for key in ("keep_checkpoints", "max_bad_steps", "fault_nan_at", "fault_stall_at"):
+        if getattr(t, key) < 0:
+            errs.append(f"train.{key}={getattr(t, key)}: must be >= 0")
+    if t.watchdog_s < 0 or t.fault_stall_s < 0:
+        errs.append(f"train.watchdog_s={t.watchdog_s} / fault_stall_s={t.fault_stall_s}: must be >= 0")
+    if t.resume_from < -1:
+        errs.append(f"train.resume_from={t.resume_from}: a checkpoint step (>= 0) or -1 for the newest")
+    if t.on_nonfinite not in ("skip", "stop", "rollback"):
+        errs.append(f"train.on_nonfinite={t.on_nonfinite!r}: expected skip, stop or rollback")
+    if t.fault_kill_in_save not in ("", "shards", "manifest"):
+        errs.append(f"train.fault_kill_in_save={t.fault_kill_in_save!r}: expected '', shards or manifest")
     if t.device not in ("auto", "cpu", "cuda"):
         errs.append(f"train.device={t.device!r}: expected auto, cpu or cuda")
     return errs

@@ -1,20 +1,28 @@
-"""The training loop: `train(cfg)` builds everything, resumes from the latest complete checkpoint and
-runs optimizer steps, logging, validation and checkpoints. Builders live in setup.py, one optimizer
-step and validation in step.py; the step loop below fits one screen."""
+"""The training loop: `train(cfg)` builds everything, resumes from the newest complete checkpoint and
+runs optimizer steps, logging, validation, checkpoints and fault handling. Builders live in setup.py,
+one optimizer step and validation in step.py, saving and resuming in resume.py, fault handling in
+faults.py; the step loop below fits one screen.
+
+Start-up order matters for exact resume: build, load model/optimizer/data state, open the metrics and
+the batch iterator, and restore the RNG states as the very last thing before the first step.
+"""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import torch
-
-from ..config import Config, to_yaml
+from ..config import Config, ConfigError, to_yaml
 from ..parallel import destroy_groups, init_groups
 from . import checkpoint as ckpt
+from . import faults, resume
 from .metrics import MetricsLogger
 from .optim import lr_at, set_lr
 from .setup import build_run
 from .step import evaluate, train_step
+
+
+class NonFiniteStop(RuntimeError):
+    """train.on_nonfinite=stop, or more than train.max_bad_steps non-finite steps in a row."""
 
 
 def train(cfg: Config) -> dict:
@@ -26,38 +34,87 @@ def train(cfg: Config) -> dict:
         destroy_groups()
 
 
-def _train(cfg: Config, run) -> dict:
-    t, run_dir = cfg.train, Path(cfg.run.dir)
+def _start(cfg: Config, run) -> tuple[dict, Path | None, bool]:
+    """Resume state (or a fresh one, with train.init_from weights). RNG is restored later, last."""
+    run_dir = Path(cfg.run.dir)
     if run.groups.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    latest = ckpt.latest_checkpoint(run_dir)
-    state = {"step": 0, "tokens": 0}
-    if latest is not None:
-        state = ckpt.load_checkpoint(latest, model=run.model, optimizer=run.optimizer)
-        run.train_loader.load_state_dict(state["data"])
-    elif t.init_from:  # weights of another run or of an import; this run's own checkpoints take precedence
-        ckpt.load_model_weights(ckpt.resolve_checkpoint(t.init_from), run.model)
-    logger = MetricsLogger(run_dir, total_steps=t.steps, start_step=state["step"], enabled=run.groups.is_main,
-                           tensorboard=cfg.run.tensorboard, progress=cfg.run.progress)
-    batches, record = iter(run.train_loader), {}
+    state, chosen, same_layout = resume.resume(run, cfg)
+    if chosen is None and cfg.train.init_from:  # this run's own checkpoints take precedence
+        if run.groups.tp * run.groups.pp * len(run.chunks) > 1:
+            raise ConfigError("train.init_from: starting a model-parallel run from weights is not supported yet")
+        ckpt.load_model_weights(ckpt.resolve_checkpoint(cfg.train.init_from), run.model)
+    return state, chosen, same_layout
+
+
+def _train(cfg: Config, run) -> dict:
+    t = cfg.train
+    state, chosen, same_layout = _start(cfg, run)
+    logger = MetricsLogger(Path(cfg.run.dir), total_steps=t.steps, start_step=state["step"],
+                           enabled=run.groups.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress)
+    guard = faults.NonFiniteGuard(run.optimizer, run.device)
+    preempt = faults.Preemption(t.save_on_signal, run.device)
+    watchdog = faults.Watchdog(t.watchdog_s, run.groups.rank)
+    current = {"step": 0}
+    faults.poison_at([getattr(c, "module", c) for c in run.chunks],
+                     lambda: t.fault_nan_at and current["step"] == t.fault_nan_at)
+    batches, record, bad = iter(run.train_loader), {}, 0
     tokens_per_step = run.global_batch * cfg.data.seq_len
-    for step in range(state["step"] + 1, t.steps + 1):
-        set_lr(run.optimizer, lr := lr_at(step - 1, t))
-        start = time.perf_counter()
-        loss, grad_norm = train_step(run, batches)
-        state.update(step=step, tokens=state["tokens"] + tokens_per_step)
-        last = step == t.steps
-        if step % t.log_every == 0 or last or (t.eval_every and step % t.eval_every == 0):
-            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
-                      "tokens_per_s": tokens_per_step / (time.perf_counter() - start)}
-            if last or (t.eval_every and step % t.eval_every == 0):
-                record["val_loss"] = evaluate(run, t.eval_batches)
-            logger.log(record)
-        if (last and t.final_checkpoint) or (t.checkpoint_every and step % t.checkpoint_every == 0):
-            if run.groups.is_main:
-                ckpt.save_checkpoint(run_dir, step, model=run.model, optimizer=run.optimizer,
-                                     state={**state, "data": run.train_loader.state_dict()},
-                                     config_yaml=to_yaml(cfg), tokenizer_dir=run.tokenizer_dir)
-    logger.close()
+    if chosen is not None and same_layout:
+        resume.restore_rng(chosen, run.groups.rank)  # the very last step of start-up
+    watchdog.beat(state["step"])
+    try:
+        for step in range(state["step"] + 1, t.steps + 1):
+            current["step"] = step
+            set_lr(run.optimizer, lr := lr_at(step - 1, t))
+            start = time.perf_counter()
+            if t.fault_stall_at == step:
+                faults.stall(t.fault_stall_s)
+            loss, grad_norm = train_step(run, batches)
+            state.update(step=step, tokens=state["tokens"] + tokens_per_step)
+            bad = _handle_nonfinite(run, cfg, guard, bad, state, step)
+            last = step == t.steps
+            if step % t.log_every == 0 or last or guard.skipped_last or (t.eval_every and step % t.eval_every == 0):
+                record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
+                          "tokens_per_s": tokens_per_step / (time.perf_counter() - start),
+                          "skipped_steps": state["skipped_steps"]}
+                if last or (t.eval_every and step % t.eval_every == 0):
+                    record["val_loss"] = evaluate(run, t.eval_batches)
+                logger.log(record)
+            stop = preempt.requested()
+            if stop or (last and t.final_checkpoint) or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                hook = faults.kill_hook(t.fault_kill_in_save) if t.fault_kill_in_save else None
+                resume.save(run, cfg, state, hook=hook)
+            watchdog.beat(step)
+            if stop:
+                if run.groups.is_main:
+                    ckpt.warn(f"signal {preempt.signum or 'on another rank'}: checkpoint of step {step} "
+                              f"written; exiting")
+                break
+    finally:
+        watchdog.close()
+        preempt.close()
+        logger.close()
     return record
+
+
+def _handle_nonfinite(run, cfg: Config, guard, bad: int, state: dict, step: int) -> int:
+    """Apply train.on_nonfinite after a step whose update was skipped; returns consecutive bad steps."""
+    if not guard.skipped_last:
+        return 0
+    t, bad = cfg.train, bad + 1
+    state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+    if run.groups.is_main:
+        ckpt.warn(f"step {step}: non-finite loss or gradient; update skipped ({bad} in a row, "
+                  f"{state['skipped_steps']} in total; train.on_nonfinite={t.on_nonfinite})")
+    if t.on_nonfinite == "stop":
+        raise NonFiniteStop(f"step {step}: non-finite loss or gradient and train.on_nonfinite=stop")
+    if bad > t.max_bad_steps:
+        raise NonFiniteStop(f"step {step}: {bad} consecutive non-finite steps (train.max_bad_steps={t.max_bad_steps})")
+    if t.on_nonfinite == "rollback":
+        restored = resume.rollback(run, cfg)
+        if run.groups.is_main:
+            ckpt.warn(f"step {step}: rolled back model and optimizer to {restored}" if restored
+                      else f"step {step}: no checkpoint to roll back to; update skipped")
+    return bad

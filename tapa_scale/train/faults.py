@@ -1,0 +1,134 @@
+"""Fault handling for the training loop: non-finite steps, preemption signals, a stalled-step watchdog,
+and the explicit fault injections the tests use.
+
+- `NonFiniteGuard` wraps the optimizer's `step`: when any gradient of any rank is NaN/inf, the step is
+  skipped on every rank (one all-reduced flag, so ranks never diverge) and the optimizer state and the
+  weights are left untouched. The loop then applies train.on_nonfinite.
+- `Preemption` turns SIGTERM / SIGUSR1 (slurm's --signal, torchrun forwarding a stop) into a flag the
+  loop polls once per step; the flag is all-reduced so that every rank saves after the same step.
+- `Watchdog` is a daemon thread: when no step finishes within train.watchdog_s it prints one line with
+  rank and step and then every thread's Python stack (faulthandler), once per stall. A rank hung in a
+  collective shows up as a stack ending in the collective call.
+- Fault injections (train.fault_*) are config keys so a test names them on the command line; they are
+  documented in docs/checkpoints.md and are off by default.
+"""
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def _all_reduce_max(value: float, device) -> float:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    t = torch.tensor([value], dtype=torch.float32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+class NonFiniteGuard:
+    """Replaces `optimizer.step` with one that skips the update when a gradient is not finite."""
+
+    def __init__(self, optimizer, device):
+        self.optimizer, self.device = optimizer, device
+        self.skipped_last = False
+        self._step = optimizer.step
+        optimizer.step = self.step  # train/step.py calls run.optimizer.step() after clipping
+
+    def step(self, *args, **kwargs):
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        local = 0.0
+        if grads:  # one fused reduction: a NaN or inf anywhere makes the sum non-finite
+            local = 0.0 if torch.isfinite(torch.stack([g.float().sum() for g in grads]).sum()) else 1.0
+        self.skipped_last = _all_reduce_max(local, self.device) > 0
+        if self.skipped_last:
+            return None
+        return self._step(*args, **kwargs)
+
+
+class Preemption:
+    """SIGTERM / SIGUSR1 -> `requested()` becomes true on every rank after the current step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, enabled: bool, device):
+        self.device, self.flag, self.signum = device, False, None
+        self._previous = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.flag, self.signum = True, signum
+
+    def requested(self) -> bool:
+        return _all_reduce_max(1.0 if self.flag else 0.0, self.device) > 0
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Watchdog:
+    """Reports a step that runs longer than `timeout_s` (rank, step, all Python stacks), once per stall."""
+
+    def __init__(self, timeout_s: float, rank: int):
+        self.timeout_s, self.rank = timeout_s, rank
+        self.step, self.last = 0, time.monotonic()
+        self._reported, self._stop = False, threading.Event()
+        self._thread = None
+        if timeout_s > 0:
+            self._thread = threading.Thread(target=self._watch, name="tapa-watchdog", daemon=True)
+            self._thread.start()
+
+    def beat(self, step: int) -> None:
+        """The loop finished `step`; the next one starts now."""
+        self.step, self.last, self._reported = step, time.monotonic(), False
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout_s / 4)):
+            waited = time.monotonic() - self.last
+            if waited > self.timeout_s and not self._reported:
+                self._reported = True
+                print(f"watchdog: rank {self.rank} stalled in step {self.step + 1} for {waited:.0f} s "
+                      f"(train.watchdog_s={self.timeout_s:g}); Python stacks of all threads follow",
+                      file=sys.stderr, flush=True)
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# ---------------------------------------------------------------- fault injection (tests)
+
+def poison_at(chunks: list, step_of) -> list:
+    """Forward hooks that turn the decoder's output into NaN while `step_of()` is the poisoned step
+    (train.fault_nan_at): the loss and every gradient become NaN, as after an overflow."""
+    handles = []
+    for chunk in chunks:
+        decoder = getattr(chunk, "decoder", None)
+        if decoder is not None:
+            handles.append(decoder.register_forward_hook(
+                lambda module, args, out: out * float("nan") if step_of() else out))
+    return handles
+
+
+def stall(seconds: float) -> None:
+    """train.fault_stall_at: a step that hangs (as a rank stuck in a collective would)."""
+    time.sleep(seconds)
+
+
+def kill_hook(stage: str):
+    """train.fault_kill_in_save: SIGKILL this process when a save reaches `stage` (no cleanup runs)."""
+    def hook(reached: str) -> None:
+        if reached == stage:
+            print(f"fault injection: killing rank during checkpoint save at {stage}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return hook

@@ -1,0 +1,169 @@
+"""Saving and resuming a whole run (collective: every rank calls these at the same step).
+
+    state = resume(run, cfg, report)          # {"step": 0, "tokens": 0, ...} when starting fresh
+    ...
+    save(run, cfg, state)                     # after an optimizer step
+
+What may change between save and resume (docs/checkpoints.md): the parallel layout (tp, pp, cp, dp,
+vpp, sequence_parallel — megatron reshards the tensors; the data cursor is a global sample count),
+the number of steps, logging/eval/checkpoint cadence. What may not: the model section, the dataset,
+data.seq_len, the seed, the optimizer kind (torch AdamW vs megatron's distributed optimizer): those are
+refused in one line before training starts. RNG states are restored only into the same layout (same
+world size and tp/pp/cp): after a layout change every rank keeps its freshly seeded generators.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from ..config import ConfigError, to_yaml
+from . import checkpoint as ckpt
+from .sharded import DIST, RNG, load_rng, load_sharded, optimizer_steps, save_rng, save_sharded
+
+
+def layout_of(run) -> dict:
+    g = run.groups
+    return {"world_size": g.world_size, "tp": g.tp, "pp": g.pp, "cp": g.cp, "dp": g.dp_size, "vpp": g.vpp,
+            "optimizer": "megatron" if hasattr(run.optimizer, "sharded_state_dict") else "torch"}
+
+
+def next_batch_fingerprint(loader, samples: int) -> dict:
+    """sha256 over the tokens of the next `samples` global samples the loader hands out (all ranks).
+
+    Global sample g is what `PackedLoader` gives data-parallel rank g % dp; so this does not depend on
+    the data-parallel size, and a resume can check it before its first step."""
+    index, start = loader._index(), loader.samples_seen
+    h = hashlib.sha256()
+    for g in range(start, start + samples):
+        h.update(np.int64(g).tobytes())
+        h.update(np.ascontiguousarray(index.window(g), dtype=np.int64).tobytes())
+    return {"first_sample": start, "samples": samples, "sha256": h.hexdigest()}
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _broadcast(value):
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)  # over the wire only; nothing read from a file is unpickled
+    return box[0]
+
+
+def _chunks(run) -> list:
+    return [getattr(c, "module", c) for c in run.chunks]
+
+
+def save(run, cfg, state: dict, *, hook=None) -> Optional[Path]:
+    """Write checkpoint `state["step"]`: shards from every rank, then rank 0 verifies and publishes."""
+    run_dir, step, main = Path(cfg.run.dir), state["step"], run.groups.is_main
+    tmp = ckpt.begin_save(run_dir, step) if main else ckpt.checkpoint_dir(run_dir, step).with_name(f"step_{step:08d}.tmp")
+    _barrier()
+    save_sharded(tmp / DIST, _chunks(run), run.optimizer)
+    save_rng(tmp / RNG, run.groups.rank)
+    if main:
+        full = {**state, "optimizer_steps": optimizer_steps(run.optimizer) if not hasattr(run.optimizer, "sharded_state_dict") else None,
+                "layout": layout_of(run), "data": run.train_loader.state_dict(),
+                "next_batch": next_batch_fingerprint(run.train_loader, run.global_batch)}
+        single = run.groups.tp == 1 and run.groups.pp == 1 and len(run.chunks) == 1
+        ckpt.write_common(tmp, state=full, config_yaml=to_yaml(cfg), tokenizer_dir=run.tokenizer_dir,
+                          weights=ckpt.full_weights(run.model) if single else None)
+    _barrier()  # every rank's files are on disk before anything is hashed or published
+    final = None
+    if main:
+        if hook:
+            hook("shards")
+        final = ckpt.publish(tmp, hook=hook)
+        ckpt.prune(run_dir, cfg.train.keep_checkpoints, protect=final)
+    _barrier()
+    return final
+
+
+def check_compatible(saved_cfg_yaml: str, cfg, where: Path) -> None:
+    """Refuse, in one line, a resume that changes what cannot be resharded or continued."""
+    saved = yaml.safe_load(saved_cfg_yaml)
+    now = yaml.safe_load(to_yaml(cfg))
+    for section, keys in (("model", None), ("data", ("seq_len",)), ("train", ("seed",))):
+        a, b = saved.get(section, {}), now.get(section, {})
+        for key in (keys or sorted(set(a) | set(b))):
+            if a.get(key) != b.get(key):
+                raise ConfigError(f"{where}: cannot resume with {section}.{key}={b.get(key)!r}; the checkpoint "
+                                  f"was written with {a.get(key)!r} (see docs/checkpoints.md, resume rules)")
+
+
+def resume(run, cfg, report=ckpt.warn) -> tuple[dict, Optional[Path], bool]:
+    """Load the checkpoint to resume from (collective). Returns (state, checkpoint, restore_rng):
+    the caller restores RNG last (`restore_rng`) once everything else of start-up is done."""
+    t, run_dir = cfg.train, Path(cfg.run.dir)
+    chosen, error = None, None
+    if run.groups.is_main:
+        try:
+            chosen = ckpt.select_checkpoint(run_dir, t.resume_from, t.verify_checksums, report)
+            if chosen is not None and not (chosen / DIST).is_dir():
+                raise ConfigError(f"{chosen}: a weights-only checkpoint cannot be resumed; "
+                                  f"start from it with train.init_from")
+            if chosen is not None:
+                check_compatible((chosen / "config.yaml").read_text(), cfg, chosen)
+                saved = ckpt.read_state(chosen)["layout"]
+                if saved["optimizer"] != layout_of(run)["optimizer"]:
+                    raise ConfigError(f"{chosen}: written with the {saved['optimizer']} optimizer, this run uses "
+                                      f"the {layout_of(run)['optimizer']} one (parallel.distributed_optimizer)")
+        except (ConfigError, ckpt.CorruptCheckpoint) as e:
+            error = str(e)
+    chosen, error = _broadcast((str(chosen) if chosen else None, error))
+    if error:
+        raise ConfigError(error)
+    if chosen is None:
+        return {"step": 0, "tokens": 0, "skipped_steps": 0}, None, False
+    chosen = Path(chosen)
+    state = ckpt.read_state(chosen)
+    load_sharded(chosen / DIST, _chunks(run), run.optimizer, state.get("optimizer_steps") or 0)
+    run.train_loader.load_state_dict(state["data"])
+    check_fingerprint(run, state, chosen)
+    same = {k: v for k, v in state["layout"].items() if k != "dp"} == {k: v for k, v in layout_of(run).items() if k != "dp"}
+    same = same and state["layout"]["dp"] == run.groups.dp_size
+    if not same and run.groups.is_main:
+        report(f"checkpoint: {chosen.name} was written by layout {state['layout']}; resharded into "
+               f"{layout_of(run)}; RNG states start fresh")
+    keep = {k: state[k] for k in ("step", "tokens")}
+    keep["skipped_steps"] = state.get("skipped_steps", 0)
+    return keep, chosen, same
+
+
+def check_fingerprint(run, state: dict, chosen: Path) -> None:
+    """The samples this resume will train on next must be those the checkpoint said come next."""
+    saved = state.get("next_batch")
+    if saved is None or not run.groups.is_main:
+        return
+    now = next_batch_fingerprint(run.train_loader, saved["samples"])
+    if now != saved:
+        raise ConfigError(f"{chosen}: the next batch's samples differ from the checkpoint's fingerprint "
+                          f"(saved {saved['sha256'][:12]} at sample {saved['first_sample']}, now "
+                          f"{now['sha256'][:12]} at {now['first_sample']}): the dataset changed")
+
+
+def restore_rng(chosen: Path, rank: int) -> None:
+    load_rng(chosen / RNG, rank)
+
+
+def rollback(run, cfg, report=ckpt.warn) -> Optional[Path]:
+    """train.on_nonfinite=rollback: model and optimizer from the newest complete checkpoint; the step
+    count and the data position move on (the batches since then are not replayed)."""
+    run_dir, chosen = Path(cfg.run.dir), None
+    if run.groups.is_main:
+        chosen = ckpt.select_checkpoint(run_dir, -1, cfg.train.verify_checksums, report)
+    chosen = _broadcast(str(chosen) if chosen else None)
+    if chosen is None:
+        return None
+    state = ckpt.read_state(Path(chosen))
+    load_sharded(Path(chosen) / DIST, _chunks(run), run.optimizer, state.get("optimizer_steps") or 0)
+    return Path(chosen)
