@@ -116,20 +116,25 @@ class ContextParallel:
     """The core-attention hook: context_parallel(q, k, v, attend, positions, segment_ids) -> out.
 
     `group` is the context-parallel process group; `comm` "allgather" or "ring". attend(q, k, v, **masks)
-    is attention with the model's positional encoding (see tapa_scale.ops.attention.attention)."""
+    is attention with the model's positional encoding (see tapa_scale.ops.attention.attention).
+    attend_backward(q, k, v, out, lse, dout, **masks) -> (dq, dk, dv), optional, is a kernel backward
+    that takes the output and LSE merged over all key blocks (the fused TAPA kernel has one); the ring
+    then uses it instead of recomputing each block through autograd."""
 
     def __init__(self, group, comm: str = "allgather"):
         if comm not in COMMS:
             raise ValueError(f"context parallel comm must be one of {COMMS}, got {comm!r}")
         self.group, self.comm = group, comm
 
-    def __call__(self, q, k, v, attend: Callable, positions=None, segment_ids=None):
+    def __call__(self, q, k, v, attend: Callable, positions=None, segment_ids=None,
+                 attend_backward: Optional[Callable] = None):
         cp, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
         n = q.shape[2]
         q_pos, k_pos = _positions(positions, n, cp, rank, self.group, q.device)
         k_seg = _metadata(segment_ids, self.group)
         if self.comm == "ring":
-            out, _ = ring_attention(q, k, v, attend, q_pos, k_pos, segment_ids, k_seg, self.group)
+            out, _ = ring_attention(q, k, v, attend, q_pos, k_pos, segment_ids, k_seg, self.group,
+                                    attend_backward=attend_backward)
             return out
         # (cp, 2, B, Hkv, n, D) in rank order -> (2, B, Hkv, N, D) in sequence order
         kv = natural_order(_AllGatherBlocks.apply(torch.stack([k, v]), self.group), dim=3)
@@ -168,12 +173,15 @@ def _block_masks(meta, j: int):
                 k_segment_ids=None if k_seg is None else k_seg[j])
 
 
-def _block_grads(attend, q, k, v, masks, out, lse, dout):
+def _block_grads(attend, q, k, v, masks, out, lse, dout, attend_backward=None):
     """Gradients of one key block's share of the merged output: (dq, dk, dv) in out's dtype.
 
     The block's (out_i, lse_i) enter the merged output as out = sum_i w_i out_i, w_i = exp(lse_i - lse),
     so dL/dout_i = w_i dout and dL/dlse_i = w_i <dout, out_i - out>; both are backpropagated through a
-    recomputation of the block. (A kernel backward that takes the merged out/lse directly can replace this.)"""
+    recomputation of the block. A kernel backward given the merged out/lse computes the same directly."""
+    if attend_backward is not None:
+        grads = attend_backward(q, k, v, out.to(q.dtype), lse, dout.to(q.dtype), **masks)
+        return [g.to(out.dtype) for g in grads]
     with torch.enable_grad():
         q_, k_, v_ = (t.detach().requires_grad_() for t in (q, k, v))
         o, l = attend(q_, k_, v_, return_lse=True, **masks)
@@ -186,7 +194,7 @@ def _block_grads(attend, q, k, v, masks, out, lse, dout):
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, attend, meta, group):
+    def forward(ctx, q, k, v, attend, meta, group, attend_backward):
         cp, rank = dist.get_world_size(group), dist.get_rank(group)
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # merge precision
         kv, out, lse = torch.stack([k, v]).contiguous(), None, None
@@ -200,7 +208,7 @@ class _RingAttention(torch.autograd.Function):
                 _wait(reqs)
                 kv = nxt
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.attend, ctx.meta, ctx.group = attend, meta, group
+        ctx.attend, ctx.meta, ctx.group, ctx.attend_backward = attend, meta, group, attend_backward
         ctx.mark_non_differentiable(lse)
         return out.to(q.dtype), lse
 
@@ -218,7 +226,7 @@ class _RingAttention(torch.autograd.Function):
             if step < cp - 1:
                 nxt, reqs = _exchange(kv, group, tag=0)
             dq_i, dk_i, dv_i = _block_grads(ctx.attend, q, kv[0], kv[1], _block_masks(ctx.meta, (rank - step) % cp),
-                                            out, lse, dout)
+                                            out, lse, dout, ctx.attend_backward)
             dq += dq_i
             dkv += torch.stack([dk_i, dv_i])
             # the block's accumulated dK/dV travels with it; after cp hops it is back with its owner
@@ -227,13 +235,15 @@ class _RingAttention(torch.autograd.Function):
             dkv = dkv_next
             if reqs:
                 kv = nxt
-        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None
 
 
-def ring_attention(q, k, v, attend: Callable, q_positions, k_positions, q_segment_ids, k_segment_ids, group):
+def ring_attention(q, k, v, attend: Callable, q_positions, k_positions, q_segment_ids, k_segment_ids, group,
+                   attend_backward: Optional[Callable] = None):
     """Ring context-parallel attention -> (out (B, Hq, n, D) in q's dtype, lse (B, Hq, n) float32).
 
     q_positions / q_segment_ids: this rank's, (n,) or (Bp, n); k_positions / k_segment_ids: every rank's,
-    (cp, Bp, n) in rank order (k_segment_ids None without documents). Differentiable in q, k, v."""
+    (cp, Bp, n) in rank order (k_segment_ids None without documents). Differentiable in q, k, v; see
+    ContextParallel for attend_backward."""
     meta = (q_positions, k_positions, q_segment_ids, k_segment_ids)
-    return _RingAttention.apply(q, k, v, attend, meta, group)
+    return _RingAttention.apply(q, k, v, attend, meta, group, attend_backward)
