@@ -1,0 +1,47 @@
+"""Faults: an injected NaN is skipped with the optimizer untouched (or stops the run), a stalled step
+is reported by the watchdog with rank, step and stacks, SIGTERM checkpoints and exits cleanly.
+
+Would catch: a NaN step that still moves weights or AdamW moments, a skip that is not counted, a hang
+with no report, a preemption signal that loses the work since the last checkpoint."""
+import signal
+import time
+
+from safetensors.torch import load_file
+
+from tapa_scale.train.checkpoint import full_state_dict, latest_checkpoint
+from tapa_scale.train.sharded import read_full_tensors
+from tests.checkpoint.harness import finish, logged_steps, records, start, train
+
+
+def test_nan_step_is_skipped_and_optimizer_untouched(tmp_path):
+    run = tmp_path / "nan"
+    out = train(1, f"run.dir={run}", "train.steps=3", "train.checkpoint_every=1", "train.fault_nan_at=3",
+                "train.on_nonfinite=skip")
+    assert "step 3: non-finite loss or gradient; update skipped" in out
+    recs = records(run)
+    assert recs[2]["loss"] != recs[2]["loss"] and recs[2]["skipped_steps"] == 1  # NaN, counted
+    before, after = run / "checkpoints" / "step_00000002", run / "checkpoints" / "step_00000003"
+    a, b = read_full_tensors(before / "dist"), read_full_tensors(after / "dist")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # weights and moments
+    assert load_file(str(before / "model.safetensors")).keys() == full_state_dict(after).keys()
+
+
+def test_nan_stops_the_run_under_stop_policy(tmp_path):
+    out = train(1, f"run.dir={tmp_path / 'stop'}", "train.steps=3", "train.fault_nan_at=2",
+                "train.on_nonfinite=stop", "train.final_checkpoint=false", expect=1)
+    assert "train.on_nonfinite=stop" in out
+
+
+def test_watchdog_reports_stall_and_sigterm_saves_then_exits(tmp_path):
+    run = tmp_path / "stall"
+    proc = start(1, f"run.dir={run}", "train.steps=200", "train.watchdog_s=1", "train.fault_stall_at=2",
+                 "train.fault_stall_s=4")
+    deadline = time.monotonic() + 180
+    while 3 not in logged_steps(run) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = finish(proc, timeout=120)
+    assert "watchdog: rank 0 stalled in step 2" in out and "in stall" in out  # the stack shows where
+    last = latest_checkpoint(run)
+    assert last is not None and int(last.name[5:]) == logged_steps(run)[-1] < 200
+    assert "checkpoint of step" in out and "exiting" in out
