@@ -107,11 +107,6 @@ def validate(cfg: Config, *, world_size: int = 1, check_paths: bool = True) -> l
         m = cfg.model
         errs += validate_parallel(cfg.parallel, num_heads=m.num_heads, kv_heads=m.kv_heads,
                                   num_layers=m.num_layers, seq_len=d.seq_len, world_size=world_size)
-    p, t = cfg.parallel, cfg.train
-    if not errs and p.tp * p.pp * p.cp > 1 and (t.checkpoint_every or t.final_checkpoint):
-        errs.append(f"parallel.tp={p.tp} pp={p.pp} cp={p.cp}: checkpoints of a model split over processes "
-                    f"need the sharded checkpoint format, which is not available yet; set "
-                    f"train.checkpoint_every=0 train.final_checkpoint=false")
     if not errs:
         dp = world_size // (cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp)
         gbs, mbs = cfg.train.global_batch_size, cfg.train.micro_batch_size
