@@ -1,42 +1,21 @@
 """Reading a training checkpoint as the converters need it: its configuration and one full state dict.
 
-Checkpoint layouts register here as (name, detect, load) where load(ckpt_dir) returns the full,
-unsharded GPTModel state dict of a tensor-parallel size 1 model (megatron's names and fused-projection
-layouts, see weights.py). Only the single-process layout exists today (model.safetensors, written by
-tapa_scale/train/checkpoint.py); the sharded multi-rank layout plugs in as one more entry whose load
-gathers the tensor-parallel shards (concatenating column-parallel rows per query group and
-row-parallel columns) and the pipeline stages (renumbering decoder.layers.*) into that form.
+The full, unsharded GPTModel state dict of a tensor-parallel size 1 model (megatron's names and
+fused-projection layouts, see weights.py) comes from tapa_scale/train/checkpoint.py `full_state_dict`,
+which reads every checkpoint layout: weights-only (model.safetensors) and sharded multi-rank (dist/,
+gathered across tensor-parallel ranks and pipeline stages).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from safetensors.torch import load_file
 
 from ..config import Config, ConfigError
 from ..model.config import ModelConfig, validate_model
-from ..train.checkpoint import resolve_checkpoint
-
-
-@dataclass(frozen=True)
-class Layout:
-    name: str
-    detect: Callable[[Path], bool]
-    load: Callable[[Path], dict[str, torch.Tensor]]
-
-
-def _load_single(ckpt: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(ckpt / "model.safetensors"))
-
-
-LAYOUTS: list[Layout] = [
-    Layout("single-process", lambda c: (c / "model.safetensors").is_file(), _load_single),
-]
+from ..train.checkpoint import full_state_dict, resolve_checkpoint
 
 
 def read_config(ckpt: Path) -> Config:
@@ -53,15 +32,6 @@ def read_config(ckpt: Path) -> Config:
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     return cfg
-
-
-def full_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
-    """The full unsharded state dict of a checkpoint, whatever layout wrote it."""
-    for layout in LAYOUTS:
-        if layout.detect(ckpt):
-            return layout.load(ckpt)
-    raise FileNotFoundError(f"{ckpt}: no model weights in a known layout "
-                            f"({', '.join(l.name for l in LAYOUTS)})")
 
 
 def open_checkpoint(path: str | Path) -> tuple[Path, Config, dict[str, torch.Tensor]]:

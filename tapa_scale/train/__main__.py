@@ -22,10 +22,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from ..data import DataError
-    from .loop import train
+    from .loop import NonFiniteStop, train
     try:
         train(cfg)
-    except DataError as e:
+    except (ConfigError, DataError, NonFiniteStop) as e:  # refused resume, bad data, policy stop
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
