@@ -60,6 +60,7 @@ def _train(cfg: Config, run) -> dict:
     faults.poison_at([getattr(c, "module", c) for c in run.chunks],
                      lambda: t.fault_nan_at and current["step"] == t.fault_nan_at)
     batches, record, bad = iter(run.train_loader), {}, 0
+    step_seconds, steps_timed = 0.0, 0  # training time since the last log (no eval or checkpoint time)
     tokens_per_step = run.global_batch * cfg.data.seq_len
     if chosen is not None and same_layout:
         resume.restore_rng(chosen, run.groups.rank)  # the very last step of start-up
@@ -72,16 +73,18 @@ def _train(cfg: Config, run) -> dict:
             if t.fault_stall_at == step:
                 faults.stall(t.fault_stall_s)
             loss, grad_norm = train_step(run, batches)
+            step_seconds, steps_timed = step_seconds + time.perf_counter() - start, steps_timed + 1
             state.update(step=step, tokens=state["tokens"] + tokens_per_step)
             bad = _handle_nonfinite(run, cfg, guard, bad, state, step)
             last = step == t.steps
             if step % t.log_every == 0 or last or guard.skipped_last or (t.eval_every and step % t.eval_every == 0):
                 record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
-                          "tokens_per_s": tokens_per_step / (time.perf_counter() - start),
+                          "tokens_per_s": tokens_per_step * steps_timed / step_seconds,
                           "skipped_steps": state["skipped_steps"]}
                 if last or (t.eval_every and step % t.eval_every == 0):
                     record["val_loss"] = evaluate(run, t.eval_batches)
                 logger.log(record)
+                step_seconds, steps_timed = 0.0, 0
             stop = preempt.requested()
             if stop or (last and t.final_checkpoint) or (t.checkpoint_every and step % t.checkpoint_every == 0):
                 hook = faults.kill_hook(t.fault_kill_in_save) if t.fault_kill_in_save else None
