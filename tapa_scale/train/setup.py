@@ -101,6 +101,9 @@ def build_run(cfg: Config, groups: Groups) -> Run:
     check_layout(cfg, groups, accumulation)
     train_loader, val_loader, tokenizer = build_data(cfg, groups)
     vocab = cfg.model.vocab_size or len(tokenizer)
+    if vocab % groups.tp:  # megatron splits the embedding and output rows evenly over tensor-parallel ranks
+        raise ConfigError(f"vocabulary size {vocab} (model.vocab_size, 0 = the tokenizer's) must be divisible "
+                          f"by parallel.tp={groups.tp}")
     dtype = pick_dtype(t.precision, groups.device)
     seed_everything(t.seed)  # identical initial weights on every data-parallel rank
     chunks = build_chunks(cfg.model, cfg.parallel, groups, vocab_size=vocab, seq_len=cfg.data.seq_len, seed=t.seed)
