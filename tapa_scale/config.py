@@ -104,9 +104,14 @@ def validate(cfg: Config, *, world_size: int = 1, check_paths: bool = True) -> l
         if cfg.train.init_from and not Path(cfg.train.init_from).exists():
             errs.append(f"train.init_from={cfg.train.init_from!r}: no such checkpoint or run directory")
     if not errs:
-        m = cfg.model
-        errs += validate_parallel(cfg.parallel, num_heads=m.num_heads, kv_heads=m.kv_heads,
-                                  num_layers=m.num_layers, seq_len=d.seq_len, world_size=world_size)
+        errs += validate_parallel(cfg.parallel, num_heads=cfg.model.num_heads, kv_heads=cfg.model.kv_heads,
+                                  num_layers=cfg.model.num_layers, seq_len=d.seq_len, world_size=world_size,
+                                  num_microbatches=_microbatches(cfg, world_size), device=cfg.train.device)
+    t = cfg.train
+    if not errs and cfg.parallel.distributed_optimizer and (t.checkpoint_every or t.final_checkpoint):
+        errs.append("parallel.distributed_optimizer=true: checkpoints of megatron's distributed optimizer "
+                    "(a GPU-only path) are not verified yet; set train.checkpoint_every=0 "
+                    "train.final_checkpoint=false")
     if not errs:
         dp = world_size // (cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp)
         gbs, mbs = cfg.train.global_batch_size, cfg.train.micro_batch_size
@@ -114,6 +119,18 @@ def validate(cfg: Config, *, world_size: int = 1, check_paths: bool = True) -> l
             errs.append(f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size "
                         f"({mbs}) x data-parallel size ({dp})")
     return errs
+
+
+def _microbatches(cfg: Config, world_size: int):
+    """Micro-batches per optimizer step on each data-parallel rank, or None if the sizes do not fit
+    (reported by the batch-size rule)."""
+    p, t = cfg.parallel, cfg.train
+    mp = p.tp * p.pp * p.cp
+    if world_size % mp:
+        return None
+    dp = world_size // mp
+    gbs = t.global_batch_size or t.micro_batch_size * dp
+    return gbs // (t.micro_batch_size * dp) if gbs % (t.micro_batch_size * dp) == 0 else None
 
 
 def to_yaml(cfg: Config) -> str:

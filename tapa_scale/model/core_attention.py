@@ -17,7 +17,7 @@ import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.module import MegatronModule
 
-from ..ops.attention import PositionalEncoding, attention
+from ..ops.attention import PositionalEncoding, attention, resolve_impl
 
 
 @dataclass
@@ -41,12 +41,20 @@ class CoreAttention(MegatronModule):
         super().__init__(config=config)
         self.encoding = encoding
         self.impl = impl
-        # context_parallel(q, k, v, attend, positions, segment_ids) -> out: set by tapa_scale.parallel
-        # when parallel.cp > 1; the attention math itself never sees ranks.
+        # context_parallel(q, k, v, attend, positions, segment_ids, attend_backward) -> out: set by
+        # tapa_scale.parallel when parallel.cp > 1; the attention math itself never sees ranks.
         self.context_parallel = context_parallel
 
     def attend(self, q, k, v, **masks):
         return attention(q, k, v, self.encoding, impl=self.impl, **masks)
+
+    def attend_backward(self, q, k, v, out, lse, dout, **masks):
+        """Gradients of one key block given the ring's merged out/lse: the fused kernel's backward entry."""
+        from ..ops.tapa_triton import tapa_attention_triton_backward
+
+        e = self.encoding
+        return tapa_attention_triton_backward(q, k, v, out, lse, dout, alpha=e.alpha, theta=e.theta,
+                                              phase=e.phase, **masks)
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
@@ -56,7 +64,9 @@ class CoreAttention(MegatronModule):
         # [s, b, h, d] -> (B, H, N, D)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         if self.context_parallel is not None:
-            out = self.context_parallel(q, k, v, self.attend, positions, segments)
+            kernel = self.encoding.kind == "tapa" and resolve_impl(self.impl, q) == "triton"
+            out = self.context_parallel(q, k, v, self.attend, positions, segments,
+                                        attend_backward=self.attend_backward if kernel else None)
         else:
             out = self.attend(q, k, v, q_positions=positions, k_positions=positions,
                               q_segment_ids=segments, k_segment_ids=segments)

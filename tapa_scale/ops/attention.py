@@ -61,13 +61,14 @@ def tapa_attention(q, k, v, *, alpha=0.1, theta=0.5, phase="quadratic", causal=T
     kwargs = dict(alpha=alpha, theta=theta, phase=phase, causal=causal, q_positions=q_positions,
                   k_positions=k_positions, q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids,
                   return_lse=return_lse)
-    if _pick_impl(impl, q) == "triton":
+    if resolve_impl(impl, q) == "triton":
         from .tapa_triton import tapa_attention_triton
         return tapa_attention_triton(q, k, v, **kwargs)
     return tapa_attention_reference(q, k, v, **kwargs)
 
 
-def _pick_impl(impl: str, q: torch.Tensor) -> str:
+def resolve_impl(impl: str, q: torch.Tensor) -> str:
+    """The TAPA implementation `impl` stands for, given inputs like q."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl != "auto":

@@ -72,10 +72,6 @@ def check_layout(cfg: Config, groups: Groups, accumulation: int) -> None:
     problems = validate_parallel(p, num_heads=m.num_heads, kv_heads=m.kv_heads, num_layers=m.num_layers,
                                  seq_len=cfg.data.seq_len, world_size=groups.world_size,
                                  num_microbatches=accumulation, device=groups.device.type)
-    if p.distributed_optimizer and (cfg.train.checkpoint_every or cfg.train.final_checkpoint):
-        problems.append("parallel.distributed_optimizer=true shards the optimizer state, which the "
-                        "single-process checkpoint format cannot hold yet; set train.checkpoint_every=0 "
-                        "train.final_checkpoint=false")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -28,8 +28,9 @@ def test_nan_step_is_skipped_and_optimizer_untouched(tmp_path):
 
 def test_nan_stops_the_run_under_stop_policy(tmp_path):
     out = train(1, f"run.dir={tmp_path / 'stop'}", "train.steps=3", "train.fault_nan_at=2",
-                "train.on_nonfinite=stop", "train.final_checkpoint=false", expect=1)
-    assert "train.on_nonfinite=stop" in out
+                "train.on_nonfinite=stop", "train.final_checkpoint=false", expect=2)
+    assert "error: step 2: non-finite loss or gradient and train.on_nonfinite=stop" in out
+    assert "Traceback" not in out
 
 
 def test_watchdog_reports_stall_and_sigterm_saves_then_exits(tmp_path):
