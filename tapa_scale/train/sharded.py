@@ -144,36 +144,10 @@ def full_sharded_state_dict(chunks: list, optimizer, *, create: bool) -> dict:
     return {**model, **optimizer_sharded_state_dict(optimizer, model, create=create)}
 
 
-_WRITER_MODULES = ("megatron.core.dist_checkpointing.strategies.filesystem_async",
-                   "megatron.core.dist_checkpointing.strategies.state_dict_saver",
-                   "megatron.core.dist_checkpointing.strategies.async_utils")
-
-
-def _cpu_writer_compat() -> None:
-    """On CPU, point dist_checkpointing's writer modules at cpu_compat's torch view.
-
-    FileSystemWriterAsync.preload_tensors calls torch.cuda.synchronize() even for a synchronous save,
-    save_state_dict_async_finalize reduces a failure flag on torch.cuda.current_device(),
-    and the async queue allocates on torch.cuda.current_device(). parallel/cpu_compat.py patches the
-    other megatron modules the same way; until it lists these, this applies the same view to them
-    (a no-op once cpu_compat has done it, never on GPU)."""
-    import importlib
-
-    from ..parallel import cpu_compat
-
-    if not cpu_compat.is_enabled():
-        return
-    for name in _WRITER_MODULES:
-        module = importlib.import_module(name)
-        if module.torch is torch:
-            module.torch = cpu_compat._CPU_TORCH
-
-
 def save_sharded(dist_dir: Path, chunks: list, optimizer) -> None:
     """Write model and optimizer shards of every rank (collective: all ranks call it)."""
     from megatron.core import dist_checkpointing
 
-    _cpu_writer_compat()
     dist_dir.mkdir(parents=True, exist_ok=True)
     dist_checkpointing.save(full_sharded_state_dict(chunks, optimizer, create=False), str(dist_dir))
 
