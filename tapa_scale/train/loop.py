@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import Config, ConfigError, to_yaml
 from ..parallel import destroy_groups, init_groups
+from ..parallel.reshard import load_full_state_dict
 from . import checkpoint as ckpt
 from . import faults, resume
 from .metrics import MetricsLogger
@@ -42,9 +43,10 @@ def _start(cfg: Config, run) -> tuple[dict, Path | None, bool]:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     state, chosen, same_layout = resume.resume(run, cfg)
     if chosen is None and cfg.train.init_from:  # this run's own checkpoints take precedence
-        if run.groups.tp * run.groups.pp * len(run.chunks) > 1:
-            raise ConfigError("train.init_from: starting a model-parallel run from weights is not supported yet")
-        ckpt.load_model_weights(ckpt.resolve_checkpoint(cfg.train.init_from), run.model)
+        # Any checkpoint layout gives the full weights; each rank cuts its tensor/pipeline piece.
+        full = ckpt.full_state_dict(ckpt.resolve_checkpoint(cfg.train.init_from))
+        for chunk in run.chunks:
+            load_full_state_dict(getattr(chunk, "module", chunk), full)
     return state, chosen, same_layout
 
 
