@@ -65,6 +65,8 @@ def plot_ppl(ppl: dict[str, dict[str, float]], train_length: int, out: Path, tit
         xs = sorted(row, key=float)
         ax.plot([float(x) for x in xs], [row[x] for x in xs], marker="o", label=name)
     ax.set_xscale("log", base=2)
+    ticks = sorted({float(x) for row in ppl.values() for x in row})
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax.set_xlabel(f"evaluation length / training length ({train_length} tokens)")
     ax.set_ylabel("perplexity (held-out long documents)")
     ax.set_title(title or "Perplexity vs context length")
