@@ -55,3 +55,13 @@ print(json.dumps({{"rel": ((a - b).abs().max() / a.abs().max()).item()}}))
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout.strip().splitlines()[-1])["rel"] <= 1e-5
+
+
+def test_pp2_checkpoint_weights_gather_into_one_process(tmp_path):
+    """A pipeline-parallel checkpoint's stages are restacked in layer order: one process started from
+    its weights (with a negligible learning rate) reports the validation loss the PP=2 run reported."""
+    pp2, one = tmp_path / "pp2", tmp_path / "one"
+    train(2, f"run.dir={pp2}", "train.steps=2", "parallel.pp=2")
+    train(1, f"run.dir={one}", "train.steps=1", f"train.init_from={pp2}", "train.lr=1e-12")
+    a, b = records(pp2)[-1]["val_loss"], records(one)[-1]["val_loss"]
+    assert abs(a - b) <= RTOL * a, (a, b)
