@@ -48,6 +48,7 @@ def main():
     if rank == 0:
         with open(out, "w") as f:
             json.dump(result, f)
+    dist.barrier()  # no rank tears down gloo while another still finishes (abort at exit)
     dist.destroy_process_group()
 
 

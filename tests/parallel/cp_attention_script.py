@@ -100,6 +100,7 @@ def main() -> int:
     dist.barrier()
     if dist.get_rank() == 0:
         print("cp attention OK")
+    dist.barrier()  # no rank tears down gloo while another still finishes (abort at exit)
     dist.destroy_process_group()
     return 0
 
