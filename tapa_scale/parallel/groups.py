@@ -86,18 +86,10 @@ def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600)
                   cp_rank=mpu.get_context_parallel_rank(), vpp=cfg.vpp)
 
 
-def destroy_groups(wait_for_peers: bool = False) -> None:
-    """Tear down megatron's and torch.distributed's groups.
-
-    wait_for_peers: meet every rank at a barrier first (after a successful run), so no rank closes its
-    gloo connections while another still flushes its last collective, which can abort a process at
-    exit. Never after an error: the peers may be gone, and the barrier would hang until its timeout.
-    """
+def destroy_groups() -> None:
     from megatron.core import parallel_state as mpu
 
     if mpu.model_parallel_is_initialized():
         mpu.destroy_model_parallel()
     if dist.is_initialized():
-        if wait_for_peers and dist.get_world_size() > 1:
-            dist.barrier()
         dist.destroy_process_group()

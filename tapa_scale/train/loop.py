@@ -30,12 +30,9 @@ def train(cfg: Config) -> dict:
     """Train (or resume) the run described by cfg; returns the last logged record."""
     groups = init_groups(cfg.parallel, cfg.train.device)
     try:
-        record = _train(cfg, build_run(cfg, groups))
-    except BaseException:
+        return _train(cfg, build_run(cfg, groups))
+    finally:
         destroy_groups()
-        raise
-    destroy_groups(wait_for_peers=True)
-    return record
 
 
 def _start(cfg: Config, run) -> tuple[dict, Path | None, bool]:
