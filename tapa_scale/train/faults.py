@@ -132,3 +132,11 @@ def kill_hook(stage: str):
             print(f"fault injection: killing rank during checkpoint save at {stage}", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
     return hook
+
+
+def crash(step: int, rank: int) -> None:
+    """train.fault_crash_at: rank 0 dies after `step` (its checkpoint, if any, is written), as a
+    process that crashes would; only on a first attempt, so that a torchrun restart gets past it."""
+    if rank == 0 and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        print(f"fault injection: rank 0 crashing after step {step}", file=sys.stderr, flush=True)
+        os._exit(1)

@@ -92,6 +92,8 @@ def _train(cfg: Config, run) -> dict:
                 hook = faults.kill_hook(t.fault_kill_in_save) if t.fault_kill_in_save else None
                 resume.save(run, cfg, state, hook=hook)
             watchdog.beat(step)
+            if t.fault_crash_at == step:
+                faults.crash(step, run.groups.rank)
             if stop:
                 if run.groups.is_main:
                     ckpt.warn(f"signal {preempt.signum or 'on another rank'}: checkpoint of step {step} "
