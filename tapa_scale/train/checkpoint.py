@@ -5,7 +5,6 @@ Layout of one training checkpoint, `<run.dir>/checkpoints/step_00000100/`:
     dist/                 model and AdamW moments through megatron-core dist_checkpointing (torch_dist);
                           every rank writes its own shards (sharded.py)
     rng/rank_00000.*      per-rank RNG: torch/CUDA/megatron-tracker states (safetensors), numpy/python (JSON)
-    model.safetensors     full weights for tools, written when the model is not split (tp = pp = 1)
     state.json            step, tokens, optimizer steps, skipped steps, data-loader state, the fingerprint
                           of the next batch's samples, the layout that wrote it
     config.yaml           the resolved configuration
@@ -22,7 +21,8 @@ On resume, rank 0 checks the newest complete checkpoint against its manifest (fi
 sha256); a checkpoint that fails is named in one line and the previous one is tried.
 
 A weights-only checkpoint (imports from Hugging Face, tests) is the same directory without dist/ and
-rng/: model.safetensors, config.yaml, tokenizer/, COMPLETE. `full_state_dict` reads either.
+rng/: model.safetensors, config.yaml, tokenizer/, COMPLETE. `full_state_dict` reads either (a training
+checkpoint's full weights are gathered from dist/, whatever layout wrote it).
 """
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def remove_partials(run_dir: Path) -> None:
 
 def write_common(tmp: Path, *, state: dict, config_yaml: str, tokenizer_dir: Optional[Path],
                  weights: Optional[dict] = None) -> None:
-    """Rank 0's part: state.json, config.yaml, tokenizer/ and (unsplit models) model.safetensors."""
+    """Rank 0's part: state.json, config.yaml, tokenizer/; model.safetensors for weights-only checkpoints."""
     (tmp / "state.json").write_text(json.dumps({"format": FORMAT_VERSION, **state}, indent=1))
     (tmp / "config.yaml").write_text(config_yaml)
     if tokenizer_dir is not None:

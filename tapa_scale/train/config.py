@@ -36,6 +36,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda
     threads: int = 0                # CPU threads for torch; 0 = torch's default
     keep_checkpoints: int = 0       # keep the newest N complete checkpoints; 0 = keep all
+    async_save: bool = False        # write checkpoints from a forked process while training goes on
     resume_from: int = -1           # resume from checkpoint step N (>= 0) instead of the newest complete one
     verify_checksums: bool = True   # check the sha256 of every checkpoint file before resuming from it
     save_on_signal: bool = True     # SIGTERM / SIGUSR1: checkpoint after the current step, then exit 0

@@ -16,6 +16,7 @@ from ..parallel import destroy_groups, init_groups
 from ..parallel.reshard import load_full_state_dict
 from . import checkpoint as ckpt
 from . import faults, resume
+from .saver import Saver
 from .metrics import MetricsLogger
 from .optim import lr_at, set_lr
 from .setup import build_run
@@ -58,6 +59,7 @@ def _train(cfg: Config, run) -> dict:
     guard = faults.NonFiniteGuard(run.optimizer, run.device)
     preempt = faults.Preemption(t.save_on_signal, run.device)
     watchdog = faults.Watchdog(t.watchdog_s, run.groups.rank)
+    saver = Saver(run, cfg, hook=faults.kill_hook(t.fault_kill_in_save) if t.fault_kill_in_save else None)
     current = {"step": 0}
     faults.poison_at([getattr(c, "module", c) for c in run.chunks],
                      lambda: t.fault_nan_at and current["step"] == t.fault_nan_at)
@@ -67,6 +69,7 @@ def _train(cfg: Config, run) -> dict:
     if chosen is not None and same_layout:
         resume.restore_rng(chosen, run.groups.rank)  # the very last step of start-up
     watchdog.beat(state["step"])
+    finished = False
     try:
         for step in range(state["step"] + 1, t.steps + 1):
             current["step"] = step
@@ -77,7 +80,8 @@ def _train(cfg: Config, run) -> dict:
             loss, grad_norm = train_step(run, batches)
             step_seconds, steps_timed = step_seconds + time.perf_counter() - start, steps_timed + 1
             state.update(step=step, tokens=state["tokens"] + tokens_per_step)
-            bad = _handle_nonfinite(run, cfg, guard, bad, state, step)
+            saver.poll()
+            bad = _handle_nonfinite(run, cfg, guard, bad, state, step, saver)
             last = step == t.steps
             if step % t.log_every == 0 or last or guard.skipped_last or (t.eval_every and step % t.eval_every == 0):
                 record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
@@ -89,24 +93,26 @@ def _train(cfg: Config, run) -> dict:
                 step_seconds, steps_timed = 0.0, 0
             stop = preempt.requested()
             if stop or (last and t.final_checkpoint) or (t.checkpoint_every and step % t.checkpoint_every == 0):
-                hook = faults.kill_hook(t.fault_kill_in_save) if t.fault_kill_in_save else None
-                resume.save(run, cfg, state, hook=hook)
+                saver.save(state)
             watchdog.beat(step)
             if t.fault_crash_at == step:
                 faults.crash(step, run.groups.rank)
             if stop:
+                saver.wait()
                 if run.groups.is_main:
                     ckpt.warn(f"signal {preempt.signum or 'on another rank'}: checkpoint of step {step} "
                               f"written; exiting")
                 break
+        finished = True
     finally:
+        saver.close(abort=not finished)
         watchdog.close()
         preempt.close()
         logger.close()
     return record
 
 
-def _handle_nonfinite(run, cfg: Config, guard, bad: int, state: dict, step: int) -> int:
+def _handle_nonfinite(run, cfg: Config, guard, bad: int, state: dict, step: int, saver) -> int:
     """Apply train.on_nonfinite after a step whose update was skipped; returns consecutive bad steps."""
     if not guard.skipped_last:
         return 0
@@ -120,6 +126,7 @@ def _handle_nonfinite(run, cfg: Config, guard, bad: int, state: dict, step: int)
     if bad > t.max_bad_steps:
         raise NonFiniteStop(f"step {step}: {bad} consecutive non-finite steps (train.max_bad_steps={t.max_bad_steps})")
     if t.on_nonfinite == "rollback":
+        saver.wait()  # a save in flight is the newest checkpoint once published
         restored = resume.rollback(run, cfg)
         if run.groups.is_main:
             ckpt.warn(f"step {step}: rolled back model and optimizer to {restored}" if restored

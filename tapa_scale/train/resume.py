@@ -1,8 +1,6 @@
-"""Saving and resuming a whole run (collective: every rank calls these at the same step).
+"""Resuming a whole run (collective: every rank calls these at the same step); saving is saver.py.
 
-    state = resume(run, cfg, report)          # {"step": 0, "tokens": 0, ...} when starting fresh
-    ...
-    save(run, cfg, state)                     # after an optimizer step
+    state, chosen, same_layout = resume(run, cfg, report)   # {"step": 0, "tokens": 0, ...} when fresh
 
 What may change between save and resume (docs/checkpoints.md): the parallel layout (tp, pp, cp, dp,
 vpp, sequence_parallel — megatron reshards the tensors; the data cursor is a global sample count),
@@ -13,42 +11,16 @@ world size and tp/pp/cp): after a layout change every rank keeps its freshly see
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
 import torch.distributed as dist
 import yaml
 
 from ..config import ConfigError, to_yaml
 from . import checkpoint as ckpt
-from .sharded import DIST, RNG, load_rng, load_sharded, optimizer_steps, save_rng, save_sharded
-
-
-def layout_of(run) -> dict:
-    g = run.groups
-    return {"world_size": g.world_size, "tp": g.tp, "pp": g.pp, "cp": g.cp, "dp": g.dp_size, "vpp": g.vpp,
-            "optimizer": "megatron" if hasattr(run.optimizer, "sharded_state_dict") else "torch"}
-
-
-def next_batch_fingerprint(loader, samples: int) -> dict:
-    """sha256 over the tokens of the next `samples` global samples the loader hands out (all ranks).
-
-    Global sample g is what `PackedLoader` gives data-parallel rank g % dp; so this does not depend on
-    the data-parallel size, and a resume can check it before its first step."""
-    index, start = loader._index(), loader.samples_seen
-    h = hashlib.sha256()
-    for g in range(start, start + samples):
-        h.update(np.int64(g).tobytes())
-        h.update(np.ascontiguousarray(index.window(g), dtype=np.int64).tobytes())
-    return {"first_sample": start, "samples": samples, "sha256": h.hexdigest()}
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+from .saver import chunks_of as _chunks, layout_of, next_batch_fingerprint
+from .sharded import DIST, RNG, load_rng, load_sharded
 
 
 def _broadcast(value):
@@ -57,35 +29,6 @@ def _broadcast(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)  # over the wire only; nothing read from a file is unpickled
     return box[0]
-
-
-def _chunks(run) -> list:
-    return [getattr(c, "module", c) for c in run.chunks]
-
-
-def save(run, cfg, state: dict, *, hook=None) -> Optional[Path]:
-    """Write checkpoint `state["step"]`: shards from every rank, then rank 0 verifies and publishes."""
-    run_dir, step, main = Path(cfg.run.dir), state["step"], run.groups.is_main
-    tmp = ckpt.begin_save(run_dir, step) if main else ckpt.checkpoint_dir(run_dir, step).with_name(f"step_{step:08d}.tmp")
-    _barrier()
-    save_sharded(tmp / DIST, _chunks(run), run.optimizer)
-    save_rng(tmp / RNG, run.groups.rank)
-    if main:
-        full = {**state, "optimizer_steps": optimizer_steps(run.optimizer) if not hasattr(run.optimizer, "sharded_state_dict") else None,
-                "layout": layout_of(run), "data": run.train_loader.state_dict(),
-                "next_batch": next_batch_fingerprint(run.train_loader, run.global_batch)}
-        single = run.groups.tp == 1 and run.groups.pp == 1 and len(run.chunks) == 1
-        ckpt.write_common(tmp, state=full, config_yaml=to_yaml(cfg), tokenizer_dir=run.tokenizer_dir,
-                          weights=ckpt.full_weights(run.model) if single else None)
-    _barrier()  # every rank's files are on disk before anything is hashed or published
-    final = None
-    if main:
-        if hook:
-            hook("shards")
-        final = ckpt.publish(tmp, hook=hook)
-        ckpt.prune(run_dir, cfg.train.keep_checkpoints, protect=final)
-    _barrier()
-    return final
 
 
 def check_compatible(saved_cfg_yaml: str, cfg, where: Path) -> None:

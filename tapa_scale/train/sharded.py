@@ -144,12 +144,16 @@ def full_sharded_state_dict(chunks: list, optimizer, *, create: bool) -> dict:
     return {**model, **optimizer_sharded_state_dict(optimizer, model, create=create)}
 
 
-def save_sharded(dist_dir: Path, chunks: list, optimizer) -> None:
-    """Write model and optimizer shards of every rank (collective: all ranks call it)."""
+def save_sharded(dist_dir: Path, chunks: list, optimizer):
+    """Plan the write of this rank's model and optimizer shards (collective: all ranks call it).
+
+    Returns megatron's AsyncRequest: `.execute_sync()` writes now; an AsyncCallsQueue writes it from a
+    forked process (saver.py). Nothing is on disk under `dist_dir` but common.pt until then."""
     from megatron.core import dist_checkpointing
 
     dist_dir.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save(full_sharded_state_dict(chunks, optimizer, create=False), str(dist_dir))
+    return dist_checkpointing.save(full_sharded_state_dict(chunks, optimizer, create=False), str(dist_dir),
+                                   async_sharded_save=True)
 
 
 @torch.no_grad()
