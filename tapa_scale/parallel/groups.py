@@ -5,6 +5,11 @@ MASTER_ADDR, MASTER_PORT, LOCAL_RANK: torchrun and the deepspeed launcher both s
 `python -m tapa_scale.train` is a world of one, initialised on an in-memory store (no port).
 megatron-core's model-parallel groups are built on top with its default rank order tp-cp-dp-pp:
 tensor-parallel ranks are neighbours (same node), pipeline stages are furthest apart.
+
+Restarts (`torchrun --max-restarts`): torchrun's static rendezvous keeps one key-value store for all
+attempts and hands the workers that store without an attempt prefix, so a restarted attempt would read
+the crashed attempt's gloo/NCCL addresses and fail to connect. Under torchrun every attempt therefore
+initialises on its own prefix of the agent's store (`attempt_<TORCHELASTIC_RESTART_COUNT>/`).
 """
 from __future__ import annotations
 
@@ -70,7 +75,7 @@ def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600)
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **_attempt_store(timeout_s))
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
                                     timeout=timedelta(seconds=timeout_s))
@@ -84,6 +89,18 @@ def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600)
                   dp_size=mpu.get_data_parallel_world_size(), device=dev,
                   tp_rank=mpu.get_tensor_model_parallel_rank(), pp_rank=mpu.get_pipeline_model_parallel_rank(),
                   cp_rank=mpu.get_context_parallel_rank(), vpp=cfg.vpp)
+
+
+def _attempt_store(timeout_s: int) -> dict:
+    """Under torchrun's agent store: this attempt's prefix of it (with rank and world size); else {}
+    (the env:// rendezvous as usual)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in env:
+        return {}
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"]), is_master=False,
+                          timeout=timedelta(seconds=timeout_s))
+    return {"store": dist.PrefixStore(f"attempt_{env['TORCHELASTIC_RESTART_COUNT']}/", store),
+            "rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"])}
 
 
 def destroy_groups() -> None:
