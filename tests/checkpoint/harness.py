@@ -1,9 +1,12 @@
 """Starting training runs for the checkpoint tests: one process or torchrun on gloo, a free port, a
-timeout, and a way to SIGKILL a run once it has logged a given step (a crash, not a clean stop)."""
+timeout, and a way to SIGKILL a run once it has logged a given step (a crash, not a clean stop).
+Also the parallel layouts the tests run in, and uninterrupted reference runs shared by the whole session
+(`uninterrupted`, a fixture: a test module imports it to use it)."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +14,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,12 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(nproc: int, *overrides) -> list[str]:
-    """`python -m tapa_scale.train ...`, under torchrun when nproc > 1."""
+def command(nproc: int, *overrides, launcher: tuple = ()) -> list[str]:
+    """`python -m tapa_scale.train ...`, under torchrun when nproc > 1 (`launcher`: more torchrun flags,
+    e.g. ("--max-restarts", "1"))."""
     if nproc == 1:
+        assert not launcher, "launcher flags need torchrun (nproc > 1)"
         return [sys.executable, "-m", "tapa_scale.train", *TINY, *overrides]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(free_port()), "-m", "tapa_scale.train", *TINY, *overrides]
+            "127.0.0.1", "--master_port", str(free_port()), *launcher, "-m", "tapa_scale.train", *TINY,
+            *overrides]
 
 
 def env() -> dict:
@@ -40,11 +48,11 @@ def env() -> dict:
     return e
 
 
-def start(nproc: int, *overrides) -> subprocess.Popen:
+def start(nproc: int, *overrides, launcher: tuple = ()) -> subprocess.Popen:
     """The run's output goes to a file, not a pipe: a killed run can leave children (dist_checkpointing's
     writer manager) that would keep a pipe open."""
     log = tempfile.NamedTemporaryFile("w+", prefix="tapa-run-", suffix=".log", delete=False)
-    proc = subprocess.Popen(command(nproc, *overrides), cwd=REPO, env=env(), stdout=log,
+    proc = subprocess.Popen(command(nproc, *overrides, launcher=launcher), cwd=REPO, env=env(), stdout=log,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     proc.log_path = log.name
     log.close()
@@ -104,8 +112,8 @@ def finish(proc: subprocess.Popen, timeout: float = 240, expect: int = 0) -> str
     return out
 
 
-def train(nproc: int, *overrides, timeout: float = 240, expect: int = 0) -> str:
-    return finish(start(nproc, *overrides), timeout, expect)
+def train(nproc: int, *overrides, timeout: float = 240, expect: int = 0, launcher: tuple = ()) -> str:
+    return finish(start(nproc, *overrides, launcher=launcher), timeout, expect)
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -115,8 +123,9 @@ def logged_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def kill_after(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> None:
-    """SIGKILL the whole run (every rank and the launcher) as soon as `step` is in metrics.jsonl."""
+def kill_after(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> str:
+    """SIGKILL the whole run (every rank and the launcher) as soon as `step` is in metrics.jsonl; returns
+    what the run printed until then."""
     deadline = time.monotonic() + timeout
     while step not in logged_steps(run_dir):
         if proc.poll() is not None:
@@ -126,7 +135,7 @@ def kill_after(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float 
         time.sleep(0.05)
     kill_tree(proc)
     proc.wait()
-    _reap(proc)
+    return _reap(proc)
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -139,3 +148,59 @@ def assert_same_losses(reference: Path, resumed: Path) -> None:
     for x, y in zip(a, b):
         assert x["loss"] == y["loss"] and x["lr"] == y["lr"] and x["tokens"] == y["tokens"], (x, y)
     assert a[-1].get("val_loss") == b[-1].get("val_loss")
+
+
+def printed_steps(out: str) -> list[int]:
+    """The steps a run printed on its console (`step N  loss ...`, rank 0), in order: where a resumed run
+    started, and every attempt of a restarted one."""
+    return [int(m) for m in re.findall(r"^step (\d+)  loss", out, flags=re.M)]
+
+
+def checkpoint_state(ckpt: Path) -> dict:
+    """A checkpoint's state.json: step, tokens, data cursor, `next_batch` fingerprint, layout."""
+    return json.loads((Path(ckpt) / "state.json").read_text())
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """Steps of the complete (published) checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name[5:]) for p in root.iterdir()
+                  if re.fullmatch(r"step_\d{8}", p.name) and (p / "COMPLETE").exists())
+
+
+# ---------------------------------------------------------------- layouts and shared reference runs
+
+# The same global batch (4 sequences of 32 tokens) in every layout, so that all of them train on the
+# same samples per step: one process and TP/PP/CP=2 accumulate 2 micro-batches of 2, DP=2 runs one on
+# each rank.
+LAYOUTS = {
+    "single": (1, []),
+    "dp2": (2, []),
+    "tp2": (2, ["parallel.tp=2"]),
+    "pp2": (2, ["parallel.pp=2"]),
+    "cp2": (2, ["parallel.cp=2"]),
+}
+STEPS = 8
+RUN = [f"train.steps={STEPS}", "train.checkpoint_every=2", "train.global_batch_size=4"]
+
+
+_UNINTERRUPTED: dict[str, Path] = {}  # here, not in the fixture: each importing module gets its own fixture
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """`uninterrupted(layout)`: the run directory of a finished, never interrupted run with the `RUN`
+    settings in that layout (checkpoints every 2 steps). Made once per session; read it, never write."""
+
+    def get(layout: str) -> Path:
+        if layout not in _UNINTERRUPTED:
+            nproc, overrides = LAYOUTS[layout]
+            run_dir = tmp_path_factory.mktemp("uninterrupted") / layout
+            train(nproc, f"run.dir={run_dir}", *RUN, *overrides)
+            assert logged_steps(run_dir) == list(range(1, STEPS + 1))
+            _UNINTERRUPTED[layout] = run_dir
+        return _UNINTERRUPTED[layout]
+
+    return get

@@ -1,28 +1,58 @@
-"""Exact resume after crashes: kill -9 at a random step, rerun the same command, and again (this time
-killed in the middle of a save); every logged loss equals the uninterrupted run's, bit for bit.
+"""Exact resume after crashes: kill -9 a run at a random step and rerun the same command, then crash it
+a second time and rerun again; every logged loss (and lr, tokens, the final validation loss) equals the
+uninterrupted run's in the same layout, bit for bit. One process, and two processes under torchrun
+for DP=2, TP=2, PP=2 and CP=2. In one process and DP=2 the second crash kills rank 0 in the middle of
+publishing a checkpoint; in the others it is a second kill -9 at a random step.
 
-Would catch: a resume that restarts or skips data, forgets RNG or optimizer state, a checkpoint
-published before every rank finished, a half-written checkpoint taken for a complete one."""
+Would catch: a resume that restarts or skips data, forgets RNG or optimizer state, or quietly starts
+from scratch (each rerun must print its first step right after the newest checkpoint); a checkpoint
+published before every rank finished, a half-written checkpoint taken for a complete one; state that
+only one tensor-, pipeline- or context-parallel rank restores."""
 import random
 
 import pytest
 
-from tests.checkpoint.harness import assert_same_losses, kill_after, start, train
+from tests.checkpoint.harness import (LAYOUTS, RUN, STEPS, assert_same_losses, checkpoint_steps, kill_after,
+                                      logged_steps, printed_steps, start, train, uninterrupted)  # noqa: F401
 
-STEPS = 6
+KILLED_IN_SAVE = {"single", "dp2"}  # the others get two kill -9s at random steps
 
 
-@pytest.mark.parametrize("nproc,layout", [(1, []), (2, [])], ids=["single", "dp2"])
-def test_kill_resume_twice_is_bit_identical(tmp_path, nproc, layout):
-    common = [f"train.steps={STEPS}", "train.checkpoint_every=2", *layout]
-    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    train(nproc, f"run.dir={reference}", *common)
-    kill_at = random.Random(nproc).choice([3, 4])  # a step after the first checkpoint, before the second/third
-    proc = start(nproc, f"run.dir={crashed}", *common)
-    kill_after(proc, crashed, kill_at)
-    # second crash: rank 0 dies while publishing the next checkpoint (shards written, manifest hashed)
-    out = train(nproc, f"run.dir={crashed}", *common, "train.fault_kill_in_save=manifest", expect=-9 if nproc == 1 else 1)
-    assert "fault injection: killing rank during checkpoint save" in out
-    out = train(nproc, f"run.dir={crashed}", *common)
-    assert "ignoring partial checkpoint" in out and ".tmp" in out
+def newest(run_dir) -> int:
+    steps = checkpoint_steps(run_dir)
+    return steps[-1] if steps else 0
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_killed_twice_resumes_bit_identically(tmp_path, uninterrupted, layout):  # noqa: F811
+    nproc, overrides = LAYOUTS[layout]
+    reference = uninterrupted(layout)
+    crashed = tmp_path / "crashed"
+    args = [f"run.dir={crashed}", *RUN, *overrides]
+    rng = random.Random()
+    first_kill = rng.randint(3, 5)  # after the first checkpoint (step 2)
+    kill_after(start(nproc, *args), crashed, first_kill)
+    resumed_from = newest(crashed)
+    story = f"{layout}: killed after step {first_kill}, newest checkpoint {resumed_from}"
+    assert resumed_from >= 2 and logged_steps(crashed)[-1] < STEPS, story
+
+    if layout in KILLED_IN_SAVE:
+        # rank 0 dies while publishing the next checkpoint (every shard written, manifest hashed)
+        out = train(nproc, *args, "train.fault_kill_in_save=manifest", expect=-9 if nproc == 1 else 1)
+        assert "fault injection: killing rank during checkpoint save" in out, story
+        assert printed_steps(out)[0] == resumed_from + 1, (story, printed_steps(out))
+        assert newest(crashed) == resumed_from, story  # the half-published save is not a checkpoint
+        story += f"; killed in the save of step {resumed_from + 2}"
+    else:
+        second_kill = rng.randint(min(resumed_from + 3, STEPS - 1), STEPS - 1)  # past one more checkpoint
+        out = kill_after(start(nproc, *args), crashed, second_kill)
+        assert printed_steps(out)[:1] == [resumed_from + 1], (story, printed_steps(out))
+        story += f"; killed again after step {second_kill}"
+    resumed_again = newest(crashed)
+    story += f", newest checkpoint {resumed_again}"
+
+    out = train(nproc, *args)
+    assert printed_steps(out) == list(range(resumed_again + 1, STEPS + 1)), (story, printed_steps(out))
+    if layout in KILLED_IN_SAVE:
+        assert "ignoring partial checkpoint" in out and ".tmp" in out, story
     assert_same_losses(reference, crashed)
