@@ -74,6 +74,8 @@ def resume(run, cfg, report=ckpt.warn) -> tuple[dict, Optional[Path], bool]:
     check_fingerprint(run, state, chosen)
     same = {k: v for k, v in state["layout"].items() if k != "dp"} == {k: v for k, v in layout_of(run).items() if k != "dp"}
     same = same and state["layout"]["dp"] == run.groups.dp_size
+    if run.groups.is_main:
+        report(f"checkpoint: resuming from {chosen} (step {state['step']}, {state['tokens']:,} tokens)")
     if not same and run.groups.is_main:
         report(f"checkpoint: {chosen.name} was written by layout {state['layout']}; resharded into "
                f"{layout_of(run)}; RNG states start fresh")

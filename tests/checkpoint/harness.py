@@ -1,7 +1,7 @@
 """Starting training runs for the checkpoint tests: one process or torchrun on gloo, a free port, a
 timeout, and a way to SIGKILL a run once it has logged a given step (a crash, not a clean stop).
-Also the parallel layouts the tests run in, and uninterrupted reference runs shared by the whole session
-(`uninterrupted`, a fixture: a test module imports it to use it)."""
+Also the parallel layouts the tests run in (the `uninterrupted` fixture in conftest.py shares one
+reference run per layout with the whole session)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,21 +184,9 @@ STEPS = 8
 RUN = [f"train.steps={STEPS}", "train.checkpoint_every=2", "train.global_batch_size=4"]
 
 
-_UNINTERRUPTED: dict[str, Path] = {}  # here, not in the fixture: each importing module gets its own fixture
-
-
-@pytest.fixture(scope="session")
-def uninterrupted(tmp_path_factory):
-    """`uninterrupted(layout)`: the run directory of a finished, never interrupted run with the `RUN`
-    settings in that layout (checkpoints every 2 steps). Made once per session; read it, never write."""
-
-    def get(layout: str) -> Path:
-        if layout not in _UNINTERRUPTED:
-            nproc, overrides = LAYOUTS[layout]
-            run_dir = tmp_path_factory.mktemp("uninterrupted") / layout
-            train(nproc, f"run.dir={run_dir}", *RUN, *overrides)
-            assert logged_steps(run_dir) == list(range(1, STEPS + 1))
-            _UNINTERRUPTED[layout] = run_dir
-        return _UNINTERRUPTED[layout]
-
-    return get
+def run_uninterrupted(layout: str, run_dir: Path) -> Path:
+    """A finished, never interrupted run with the `RUN` settings in `layout` (checkpoints every 2 steps)."""
+    nproc, overrides = LAYOUTS[layout]
+    train(nproc, f"run.dir={run_dir}", *RUN, *overrides)
+    assert logged_steps(run_dir) == list(range(1, STEPS + 1))
+    return run_dir

@@ -15,27 +15,39 @@ import torch
 
 from tapa_scale.train.checkpoint import complete_checkpoints
 from tapa_scale.train.sharded import read_full_tensors
-from tests.checkpoint.harness import _reap, assert_same_losses, kill_after, logged_steps, start, train
+from tests.checkpoint.harness import (LAYOUTS, RUN, STEPS, _reap, assert_same_losses, kill_after, logged_steps,
+                                      start, train)
 
-COMMON = ["train.steps=6", "train.checkpoint_every=2"]
+ASYNC = [*RUN, "train.async_save=true"]
 
 
-def test_async_checkpoints_equal_sync_ones_and_resume_exactly(tmp_path):
-    sync, crashed = tmp_path / "sync", tmp_path / "async"
-    train(1, f"run.dir={sync}", *COMMON)
-    proc = start(1, f"run.dir={crashed}", *COMMON, "train.async_save=true")
-    kill_after(proc, crashed, 3)  # step 2's save may still be in flight
-    out = train(1, f"run.dir={crashed}", *COMMON, "train.async_save=true", "train.fault_kill_in_save=manifest",
-                expect=-9)
-    assert "being written in the background" in out and "fault injection" in out
-    out = train(1, f"run.dir={crashed}", *COMMON, "train.async_save=true")
-    assert "ignoring partial checkpoint" in out
-    assert_same_losses(sync, crashed)
-    a, b = complete_checkpoints(sync), complete_checkpoints(crashed)
-    assert [p.name for p in a] == [p.name for p in b] == ["step_00000002", "step_00000004", "step_00000006"]
-    for x, y in zip(a, b):  # written from a snapshot of the step it names, not from later weights
+def same_checkpoints(reference: Path, run: Path) -> None:
+    """Every published checkpoint holds the same tensors, written from the step it names."""
+    a, b = complete_checkpoints(reference), complete_checkpoints(run)
+    assert [p.name for p in a] == [p.name for p in b] == [f"step_{s:08d}" for s in range(2, STEPS + 1, 2)]
+    for x, y in zip(a, b):
         tx, ty = read_full_tensors(x / "dist"), read_full_tensors(y / "dist")
         assert tx.keys() == ty.keys() and all(torch.equal(tx[k], ty[k]) for k in tx), x.name
+
+
+def test_async_checkpoints_equal_sync_ones_and_resume_exactly(tmp_path, uninterrupted):
+    crashed = tmp_path / "async"
+    kill_after(start(1, f"run.dir={crashed}", *ASYNC), crashed, 3)  # step 2's save may be in flight
+    out = train(1, f"run.dir={crashed}", *ASYNC, "train.fault_kill_in_save=manifest", expect=-9)
+    assert "being written in the background" in out and "fault injection" in out
+    out = train(1, f"run.dir={crashed}", *ASYNC)
+    assert "ignoring partial checkpoint" in out
+    assert_same_losses(uninterrupted("single"), crashed)
+    same_checkpoints(uninterrupted("single"), crashed)
+
+
+def test_async_save_with_tensor_parallel_ranks(tmp_path, uninterrupted):
+    """Two ranks, each forking its writer; publication waits for both."""
+    run = tmp_path / "tp2"
+    out = train(2, f"run.dir={run}", *ASYNC, *LAYOUTS["tp2"][1])
+    assert out.count("published") == STEPS // 2
+    assert_same_losses(uninterrupted("tp2"), run)
+    same_checkpoints(uninterrupted("tp2"), run)
 
 
 def _session(sid: int) -> list[str]:

@@ -12,8 +12,10 @@ import random
 
 import pytest
 
+from tapa_scale.train.checkpoint import checkpoint_dir as ckpt_dir
+
 from tests.checkpoint.harness import (LAYOUTS, RUN, STEPS, assert_same_losses, checkpoint_steps, kill_after,
-                                      logged_steps, printed_steps, start, train, uninterrupted)  # noqa: F401
+                                      logged_steps, printed_steps, start, train)
 
 KILLED_IN_SAVE = {"single", "dp2"}  # the others get two kill -9s at random steps
 
@@ -24,7 +26,7 @@ def newest(run_dir) -> int:
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_killed_twice_resumes_bit_identically(tmp_path, uninterrupted, layout):  # noqa: F811
+def test_killed_twice_resumes_bit_identically(tmp_path, uninterrupted, layout):
     nproc, overrides = LAYOUTS[layout]
     reference = uninterrupted(layout)
     crashed = tmp_path / "crashed"
@@ -53,6 +55,7 @@ def test_killed_twice_resumes_bit_identically(tmp_path, uninterrupted, layout): 
 
     out = train(nproc, *args)
     assert printed_steps(out) == list(range(resumed_again + 1, STEPS + 1)), (story, printed_steps(out))
+    assert f"checkpoint: resuming from {ckpt_dir(crashed, resumed_again)} (step {resumed_again}," in out, story
     if layout in KILLED_IN_SAVE:
         assert "ignoring partial checkpoint" in out and ".tmp" in out, story
     assert_same_losses(reference, crashed)

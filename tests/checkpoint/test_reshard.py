@@ -15,7 +15,7 @@ import pytest
 
 from tapa_scale.train import checkpoint as ckpt
 from tests.checkpoint.harness import (LAYOUTS, RUN, STEPS, checkpoint_state, checkpoint_steps, printed_steps,
-                                      records, train, uninterrupted)  # noqa: F401
+                                      records, train)
 
 # fp32 sums in another order (2 ranks, or accumulated micro-batches) and 4 AdamW steps on top: the
 # runs differ by < 1e-6 relative (measured: 5e-7 after TP 1<->2, 6e-8 after DP 2<->1, 0 after PP 2->1);
@@ -44,7 +44,7 @@ def close(a, b):
 
 
 @pytest.mark.parametrize("saved,resumed", CASES, ids=[f"{a}-to-{b}" for a, b in CASES])
-def test_resume_in_another_layout_continues_on_the_same_samples(tmp_path, uninterrupted, saved, resumed):  # noqa: F811
+def test_resume_in_another_layout_continues_on_the_same_samples(tmp_path, uninterrupted, saved, resumed):
     reference = uninterrupted(saved)
     run = copy_until(reference, tmp_path / "run", RESUME_AT)
     nproc, overrides = LAYOUTS[resumed]
@@ -92,7 +92,7 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_what_cannot_continue_is_refused_in_one_line(tmp_path, uninterrupted, case):  # noqa: F811
+def test_what_cannot_continue_is_refused_in_one_line(tmp_path, uninterrupted, case):
     run = copy_until(uninterrupted("single"), tmp_path / "run", RESUME_AT)
     overrides, message = REFUSED[case]
     if case == "moved_cursor":

@@ -12,10 +12,10 @@ import math
 from tapa_scale.train import checkpoint as ckpt
 from tapa_scale.train.sharded import read_full_tensors
 from tests.checkpoint.harness import (LAYOUTS, RUN, STEPS, assert_same_losses, checkpoint_state, printed_steps,
-                                      records, train, uninterrupted)  # noqa: F401
+                                      records, train)
 
 
-def test_torchrun_restart_resumes_by_itself(tmp_path, uninterrupted):  # noqa: F811
+def test_torchrun_restart_resumes_by_itself(tmp_path, uninterrupted):
     run = tmp_path / "restarted"
     nproc, overrides = LAYOUTS["dp2"]
     reference = uninterrupted("dp2")
@@ -27,7 +27,7 @@ def test_torchrun_restart_resumes_by_itself(tmp_path, uninterrupted):  # noqa: F
     assert_same_losses(reference, run)
 
 
-def test_rollback_restores_the_newest_checkpoint_and_moves_on(tmp_path, uninterrupted):  # noqa: F811
+def test_rollback_restores_the_newest_checkpoint_and_moves_on(tmp_path, uninterrupted):
     run, nan_at = tmp_path / "rollback", 4
     nproc, overrides = LAYOUTS["tp2"]
     out = train(nproc, f"run.dir={run}", "train.steps=5", "train.checkpoint_every=2", "train.global_batch_size=4",
