@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from tapa_scale.train import checkpoint as ckpt  # noqa: E402
-from tapa_scale.train.sharded import DIST, RNG, check_metadata_pickle, iter_files  # noqa: E402
+from tapa_scale.train.sharded import DIST, RNG, check_metadata_pickle, is_optimizer_key, iter_files  # noqa: E402
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                        "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
@@ -41,8 +41,9 @@ _MARKS = ("state.json", "manifest.json", ckpt.MARKER, DIST, "model.safetensors")
 
 
 def _entry(name: str, shape, dtype: str) -> dict:
+    known = getattr(torch, dtype, None)  # a safetensors dtype torch does not name: size unknown (None)
     return {"name": name, "shape": list(shape), "dtype": dtype,
-            "bytes": math.prod(shape) * getattr(torch, dtype).itemsize}
+            "bytes": math.prod(shape) * known.itemsize if isinstance(known, torch.dtype) else None}
 
 
 def dist_tensors(dist_dir: Path) -> list[dict]:
@@ -60,7 +61,7 @@ def safetensors_tensors(path: Path) -> list[dict]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return [_entry(k, f.get_slice(k).get_shape(), _SAFETENSORS_DTYPES[f.get_slice(k).get_dtype()])
+        return [_entry(k, f.get_slice(k).get_shape(), _SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), f.get_slice(k).get_dtype()))
                 for k in f.keys()]
 
 
@@ -99,8 +100,8 @@ def inspect(path: Path, checksums: bool = True) -> dict:
         source = "model.safetensors"
         tensors = attempt(source, lambda: safetensors_tensors(path / source), [])
     out["tensor_source"] = source
-    out["tensors"] = [t for t in tensors if not t["name"].startswith("optim.")]
-    out["optimizer_tensors"] = [t for t in tensors if t["name"].startswith("optim.")]
+    out["tensors"] = [t for t in tensors if not is_optimizer_key(t["name"])]
+    out["optimizer_tensors"] = [t for t in tensors if is_optimizer_key(t["name"])]
     out["parameters"] = sum(math.prod(t["shape"]) for t in out["tensors"])
 
     sizes = {"total": 0, DIST: 0, RNG: 0, "model.safetensors": 0, "tokenizer": 0, "other": 0}
@@ -114,7 +115,9 @@ def inspect(path: Path, checksums: bool = True) -> dict:
     return out
 
 
-def _human(n: int) -> str:
+def _human(n) -> str:
+    if n is None:
+        return "?"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -145,12 +148,16 @@ def text(r: dict) -> str:
         lines.append(f"\n{'tensor':<{width}}{'shape':<18}{'dtype':<10}size")
         lines += [f"{t['name']:<{width}}{'x'.join(map(str, t['shape'])):<18}{t['dtype']:<10}{_human(t['bytes'])}"
                   for t in r["tensors"]]
-        moments = sorted({t["name"].split(".")[1] for t in r["optimizer_tensors"]})
-        for m in moments:
-            group = [t for t in r["optimizer_tensors"] if t["name"].split(".")[1] == m]
-            lines.append(f"{'optim.' + m + '.*':<{width}}{f'{len(group)} tensors':<18}{group[0]['dtype']:<10}"
-                         f"{_human(sum(t['bytes'] for t in group))}")
+        for kind in sorted({_optimizer_group(t["name"]) for t in r["optimizer_tensors"]}):
+            group = [t for t in r["optimizer_tensors"] if _optimizer_group(t["name"]) == kind]
+            lines.append(f"{kind + '.*':<{width}}{f'{len(group)} tensors':<18}{group[0]['dtype']:<10}"
+                         f"{_human(sum(t['bytes'] or 0 for t in group))}")
     return "\n".join(lines)
+
+
+def _optimizer_group(name: str) -> str:
+    """`optim.exp_avg.3` -> `optim.exp_avg`; megatron's `optimizer.state.exp_avg.<param>` -> its first three parts."""
+    return ".".join(name.split(".")[:3 if name.startswith("optimizer.") else 2])
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,10 @@ tensor-parallel ranks are neighbours (same node), pipeline stages are furthest a
 Restarts (`torchrun --max-restarts`): torchrun's static rendezvous keeps one key-value store for all
 attempts and hands the workers that store without an attempt prefix, so a restarted attempt would read
 the crashed attempt's gloo/NCCL addresses and fail to connect. Under torchrun every attempt therefore
-initialises on its own prefix of the agent's store (`attempt_<TORCHELASTIC_RESTART_COUNT>/`).
+initialises on its own prefix of the agent's store (`attempt_<TORCHELASTIC_RESTART_COUNT>/`) when
+the job has one node: the count is kept by each node's agent, and with several nodes the agents may
+count differently (a restart for a membership change is not counted), so multi-node jobs keep torch's
+own rendezvous.
 """
 from __future__ import annotations
 
@@ -92,10 +95,11 @@ def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600)
 
 
 def _attempt_store(timeout_s: int) -> dict:
-    """Under torchrun's agent store: this attempt's prefix of it (with rank and world size); else {}
-    (the env:// rendezvous as usual)."""
+    """Under torchrun's agent store on one node: this attempt's prefix of it (with rank and world size);
+    else {} (the env:// rendezvous as usual)."""
     env = os.environ
-    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in env:
+    if (env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in env
+            or env.get("LOCAL_WORLD_SIZE") != env.get("WORLD_SIZE")):  # one node: one agent counts attempts
         return {}
     store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"]), is_master=False,
                           timeout=timedelta(seconds=timeout_s))

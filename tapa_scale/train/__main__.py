@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError, load_config
-
 
 def main(argv=None) -> int:
+    # Imports here, not at the top: spawned helper processes (the checkpoint writers' Manager) import
+    # this main module again and need none of it.
+    from ..config import ConfigError, load_config
+
     parser = argparse.ArgumentParser(
         prog="tapa-train", description="Train (or resume) a TAPA / RoPE-family language model.",
         epilog="Overrides are dotted keys of the config schema, e.g. train.steps=200 model.pos_encoding=rope "

@@ -42,6 +42,7 @@ from .sharded import DIST, RNG, iter_files, read_full_tensors
 
 MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
+HASHES = ".hashes"  # writers' records of their own files, merged into the manifest when publishing
 FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -104,10 +105,35 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def record_hashes(ckpt: Path, rank: int, paths: list[Path]) -> None:
+    """Sizes and sha256 of files a writer just wrote into checkpoint `ckpt`, kept in `.hashes/` until
+    publication: the writers hash their own shards (in parallel, off the training thread) and
+    write_manifest only hashes what no writer recorded."""
+    records = {}
+    for path in paths:
+        try:
+            records[str(Path(path).relative_to(ckpt))] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        except OSError:  # a failed write: finalisation reports it, nothing is published
+            continue
+    (ckpt / HASHES).mkdir(exist_ok=True)
+    (ckpt / HASHES / f"rank_{rank:05d}.json").write_text(json.dumps(records))
+
+
 def write_manifest(ckpt: Path) -> dict:
-    """Record every file of `ckpt` (relative path -> size, sha256) in manifest.json."""
-    files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in iter_files(ckpt) if p.name not in (MANIFEST, MARKER)}
+    """Record every file of `ckpt` (relative path -> size, sha256) in manifest.json; the writers' records
+    in `.hashes/` are used for the files they name (when the size still matches), then removed."""
+    known = {}
+    if (ckpt / HASHES).is_dir():
+        for part in sorted((ckpt / HASHES).glob("rank_*.json")):
+            known.update(json.loads(part.read_text()))
+        shutil.rmtree(ckpt / HASHES)
+    files = {}
+    for p in iter_files(ckpt):
+        if p.name in (MANIFEST, MARKER):
+            continue
+        name, size = str(p.relative_to(ckpt)), p.stat().st_size
+        files[name] = known[name] if name in known and known[name]["size"] == size else \
+            {"size": size, "sha256": _sha256(p)}
     manifest = {"format": FORMAT_VERSION, "files": files}
     (ckpt / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
@@ -270,9 +296,7 @@ def full_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     if not (ckpt / DIST).is_dir():
         raise FileNotFoundError(f"{ckpt}: neither model.safetensors nor {DIST}/ (a sharded checkpoint)")
     out = {}
-    for key, value in read_full_tensors(ckpt / DIST).items():
-        if key.startswith("optim."):
-            continue
+    for key, value in read_full_tensors(ckpt / DIST, weights_only=True).items():
         if key.startswith("decoder.layers."):
             rest = key[len("decoder.layers."):]
             for i in range(value.shape[0]):

@@ -135,8 +135,9 @@ def kill_hook(stage: str):
 
 
 def crash(step: int, rank: int) -> None:
-    """train.fault_crash_at: rank 0 dies after `step` (its checkpoint, if any, is written), as a
-    process that crashes would; only on a first attempt, so that a torchrun restart gets past it."""
+    """train.fault_crash_at: rank 0 dies after `step` (a synchronous checkpoint of that step is
+    published; an asynchronous one is still in flight and is lost), as a process that crashes would;
+    only on a first attempt, so that a torchrun restart gets past it."""
     if rank == 0 and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
         print(f"fault injection: rank 0 crashing after step {step}", file=sys.stderr, flush=True)
         os._exit(1)

@@ -104,6 +104,9 @@ def _train(cfg: Config, run) -> dict:
                               f"written; exiting")
                 break
         finished = True
+    except NonFiniteStop:
+        finished = True  # every rank stops after the same step: a save in flight may complete
+        raise
     finally:
         saver.close(abort=not finished)
         watchdog.close()

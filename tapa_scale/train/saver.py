@@ -21,10 +21,8 @@ killed run leaves no writer behind that could still be writing into a directory 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
-import signal
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -34,18 +32,10 @@ import torch.distributed as dist
 
 from ..config import to_yaml
 from . import checkpoint as ckpt
+from .child_processes import die_with_parent
 from .sharded import DIST, RNG, optimizer_steps, save_rng, save_sharded
 
-_PR_SET_PDEATHSIG = 1
 _writer_fork = False  # true while this process forks checkpoint writers
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the thread that started it exits (no-op elsewhere)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def _after_fork_in_child() -> None:
@@ -72,13 +62,26 @@ def _results_queue_dies_with_us() -> None:
     initializer, before the library would."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
 
-    if getattr(fa, "_results_queue", "absent") is None:
+    if not hasattr(fa, "_results_queue"):
+        ckpt.warn("checkpoint: this megatron-core has no filesystem_async._results_queue; its writer Manager "
+                  "may outlive a killed run")
+    elif fa._results_queue is None:
         import multiprocessing as mp
         from multiprocessing.managers import SyncManager
 
         manager = SyncManager(ctx=mp.get_context("spawn"))
         manager.start(initializer=die_with_parent)
         fa._results_queue = manager.Queue()
+
+
+def _then_hash(write, tmp: Path, rank: int):
+    """megatron's write function followed, in the same process (the forked writer when asynchronous),
+    by hashing the files it wrote, so that publishing does not read them again on the training thread.
+    Its positional arguments are (rank, write buckets, results queue); a bucket starts with its path."""
+    def write_and_hash(*args, **kwargs):
+        write(*args, **kwargs)
+        ckpt.record_hashes(tmp, rank, [Path(bucket[0]) for bucket in args[1]])
+    return write_and_hash
 
 
 def _barrier() -> None:
@@ -119,11 +122,11 @@ class Saver:
         self.queue = AsyncCallsQueue() if cfg.train.async_save else None
         self.blocking_s = 0.0   # how long the last save() kept this rank from training
         self.published: Optional[Path] = None
-        _results_queue_dies_with_us()
 
     def save(self, state: dict) -> None:
         """Checkpoint `state["step"]` (and, synchronously, publish it before returning)."""
         self.wait()
+        _results_queue_dies_with_us()  # once per process, before megatron would start its own
         start = time.perf_counter()
         run, cfg, step, main = self.run, self.cfg, state["step"], self.run.groups.is_main
         run_dir = Path(cfg.run.dir)
@@ -132,6 +135,8 @@ class Saver:
             ckpt.begin_save(run_dir, step)
         _barrier()
         request = save_sharded(tmp / DIST, chunks_of(run), run.optimizer)
+        if request.async_fn is not None:  # nothing to write on this rank (no main replicas): None
+            request = request._replace(async_fn=_then_hash(request.async_fn, tmp, run.groups.rank))
         save_rng(tmp / RNG, run.groups.rank)
         if main:
             full = {**state, "layout": layout_of(run), "data": run.train_loader.state_dict(),
@@ -140,10 +145,10 @@ class Saver:
                     "next_batch": next_batch_fingerprint(run.train_loader, run.global_batch)}
             ckpt.write_common(tmp, state=full, config_yaml=to_yaml(cfg), tokenizer_dir=run.tokenizer_dir)
         request.add_finalize_fn(lambda: self._publish(tmp))
-        if self.queue is None:
-            request.execute_sync()
-        else:
-            with _forking_writers():
+        with _forking_writers():  # a synchronous save forks its bucket writers too
+            if self.queue is None:
+                request.execute_sync()
+            else:
                 self.queue.schedule_async_request(request)
         self.blocking_s = time.perf_counter() - start
         if main and self.queue is not None:

@@ -182,8 +182,15 @@ def load_sharded(dist_dir: Path, chunks: list, optimizer, optimizer_step_count: 
         state["step"] = torch.tensor(float(optimizer_step_count), dtype=torch.float32)
 
 
-def read_full_tensors(dist_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a dist checkpoint as one full (unsharded) tensor, read in this process alone.
+def is_optimizer_key(key: str) -> bool:
+    """A dist checkpoint key of optimizer state: our AdamW moments (`optim.`) or megatron's optimizers'
+    (`optimizer.`), as opposed to model weights."""
+    return key.startswith(("optim.", "optimizer."))
+
+
+def read_full_tensors(dist_dir: Path, *, weights_only: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of a dist checkpoint as one full (unsharded) tensor, read in this process alone;
+    with weights_only, the model's tensors only (the optimizer state is not read at all).
 
     Keys are the checkpoint's global keys (decoder layers stacked on axis 0; `optim.` for moments)."""
     import torch.distributed.checkpoint as dcp
@@ -194,7 +201,7 @@ def read_full_tensors(dist_dir: Path) -> dict[str, torch.Tensor]:
     meta = reader.read_metadata()
     wanted = {k: torch.empty(m.size, dtype=m.properties.dtype)
               for k, m in meta.state_dict_metadata.items()
-              if isinstance(m, TensorStorageMetadata)}
+              if isinstance(m, TensorStorageMetadata) and not (weights_only and is_optimizer_key(k))}
     dcp.load(wanted, storage_reader=reader, no_dist=True)
     return wanted
 

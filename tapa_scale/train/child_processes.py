@@ -1,0 +1,17 @@
+"""Helper processes that must not outlive the training process that started them.
+
+Standard library only: a spawned process imports this module by name to run `die_with_parent` as its
+initializer, and should not pay for importing torch to do so.
+"""
+import ctypes
+import signal
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the thread that started it exits (no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
