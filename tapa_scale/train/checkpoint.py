@@ -55,6 +55,11 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
 
 
+def tmp_dir(run_dir: Path, step: int) -> Path:
+    """Where checkpoint `step` is written until it is published (renamed to checkpoint_dir)."""
+    return checkpoint_dir(run_dir, step).with_name(f"step_{step:08d}.tmp")
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """Published checkpoints of a run, oldest first (a COMPLETE marker; contents not yet verified)."""
     root = Path(run_dir) / "checkpoints"
@@ -195,7 +200,7 @@ def select_checkpoint(run_dir: Path, resume_from: int = -1, checksums: bool = Tr
 
 def begin_save(run_dir: Path, step: int) -> Path:
     """The temporary directory of checkpoint `step` (rank 0 creates it empty; others wait on a barrier)."""
-    tmp = checkpoint_dir(run_dir, step).with_name(f"step_{step:08d}.tmp")
+    tmp = tmp_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp

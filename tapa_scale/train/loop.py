@@ -16,7 +16,7 @@ from ..parallel import destroy_groups, init_groups
 from ..parallel.reshard import load_full_state_dict
 from . import checkpoint as ckpt
 from . import faults, resume
-from .saver import Saver
+from .saver import Saver, chunks_of
 from .metrics import MetricsLogger
 from .optim import lr_at, set_lr
 from .setup import build_run
@@ -46,8 +46,8 @@ def _start(cfg: Config, run) -> tuple[dict, Path | None, bool]:
     if chosen is None and cfg.train.init_from:  # this run's own checkpoints take precedence
         # Any checkpoint layout gives the full weights; each rank cuts its tensor/pipeline piece.
         full = ckpt.full_state_dict(ckpt.resolve_checkpoint(cfg.train.init_from))
-        for chunk in run.chunks:
-            load_full_state_dict(getattr(chunk, "module", chunk), full)
+        for chunk in chunks_of(run):
+            load_full_state_dict(chunk, full)
     return state, chosen, same_layout
 
 
@@ -61,7 +61,7 @@ def _train(cfg: Config, run) -> dict:
     watchdog = faults.Watchdog(t.watchdog_s, run.groups.rank)
     saver = Saver(run, cfg, hook=faults.kill_hook(t.fault_kill_in_save) if t.fault_kill_in_save else None)
     current = {"step": 0}
-    faults.poison_at([getattr(c, "module", c) for c in run.chunks],
+    faults.poison_at(chunks_of(run),
                      lambda: t.fault_nan_at and current["step"] == t.fault_nan_at)
     batches, record, bad = iter(run.train_loader), {}, 0
     step_seconds, steps_timed = 0.0, 0  # training time since the last log (no eval or checkpoint time)

@@ -31,6 +31,7 @@ import numpy as np
 import torch.distributed as dist
 
 from ..config import to_yaml
+from ..parallel.parallelize import unwrap
 from . import checkpoint as ckpt
 from .child_processes import die_with_parent
 from .sharded import DIST, RNG, optimizer_steps, save_rng, save_sharded
@@ -96,7 +97,8 @@ def layout_of(run) -> dict:
 
 
 def chunks_of(run) -> list:
-    return [getattr(c, "module", c) for c in run.chunks]
+    """This rank's model chunks without their DDP wrappers."""
+    return [unwrap(c) for c in run.chunks]
 
 
 def next_batch_fingerprint(loader, samples: int) -> dict:
@@ -130,7 +132,7 @@ class Saver:
         start = time.perf_counter()
         run, cfg, step, main = self.run, self.cfg, state["step"], self.run.groups.is_main
         run_dir = Path(cfg.run.dir)
-        tmp = ckpt.checkpoint_dir(run_dir, step).with_name(f"step_{step:08d}.tmp")
+        tmp = ckpt.tmp_dir(run_dir, step)
         if main:
             ckpt.begin_save(run_dir, step)
         _barrier()
