@@ -72,13 +72,13 @@ def resume(run, cfg, report=ckpt.warn) -> tuple[dict, Optional[Path], bool]:
     load_sharded(chosen / DIST, _chunks(run), run.optimizer, state.get("optimizer_steps") or 0)
     run.train_loader.load_state_dict(state["data"])
     check_fingerprint(run, state, chosen)
-    same = {k: v for k, v in state["layout"].items() if k != "dp"} == {k: v for k, v in layout_of(run).items() if k != "dp"}
-    same = same and state["layout"]["dp"] == run.groups.dp_size
+    now = layout_of(run)
+    same = state["layout"] == now
     if run.groups.is_main:
         report(f"checkpoint: resuming from {chosen} (step {state['step']}, {state['tokens']:,} tokens)")
-    if not same and run.groups.is_main:
-        report(f"checkpoint: {chosen.name} was written by layout {state['layout']}; resharded into "
-               f"{layout_of(run)}; RNG states start fresh")
+        if not same:
+            report(f"checkpoint: {chosen.name} was written by layout {state['layout']}; resharded into "
+                   f"{now}; RNG states start fresh")
     keep = {k: state[k] for k in ("step", "tokens")}
     keep["skipped_steps"] = state.get("skipped_steps", 0)
     return keep, chosen, same
