@@ -85,15 +85,18 @@ def resume(run, cfg, report=ckpt.warn) -> tuple[dict, Optional[Path], bool]:
 
 
 def check_fingerprint(run, state: dict, chosen: Path) -> None:
-    """The samples this resume will train on next must be those the checkpoint said come next."""
-    saved = state.get("next_batch")
-    if saved is None or not run.groups.is_main:
-        return
-    now = next_batch_fingerprint(run.train_loader, saved["samples"])
-    if now != saved:
-        raise ConfigError(f"{chosen}: the next batch's samples differ from the checkpoint's fingerprint "
-                          f"(saved {saved['sha256'][:12]} at sample {saved['first_sample']}, now "
-                          f"{now['sha256'][:12]} at {now['first_sample']}): the dataset changed")
+    """The samples this resume will train on next must be those the checkpoint said come next.
+    Collective: rank 0 compares, every rank raises the same refusal (none waits in a collective)."""
+    saved, error = state.get("next_batch"), None
+    if saved is not None and run.groups.is_main:
+        now = next_batch_fingerprint(run.train_loader, saved["samples"])
+        if now != saved:
+            error = (f"{chosen}: the next batch's samples differ from the checkpoint's fingerprint "
+                     f"(saved {saved['sha256'][:12]} at sample {saved['first_sample']}, now "
+                     f"{now['sha256'][:12]} at {now['first_sample']}): the dataset changed")
+    error = _broadcast(error)
+    if error:
+        raise ConfigError(error)
 
 
 def restore_rng(chosen: Path, rank: int) -> None:

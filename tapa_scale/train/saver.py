@@ -37,14 +37,20 @@ from .child_processes import die_with_parent
 from .sharded import DIST, RNG, optimizer_steps, save_rng, save_sharded
 
 _writer_fork = False  # true while this process forks checkpoint writers
+_forking_pid = 0     # the pid of the process that forked, as the child sees it
+
+
+def _before_fork() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
 
 
 def _after_fork_in_child() -> None:
     if _writer_fork:  # the flag is copied into the child: its own writer forks inherit it too
-        die_with_parent()
+        die_with_parent(_forking_pid)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
@@ -71,7 +77,7 @@ def _results_queue_dies_with_us() -> None:
         from multiprocessing.managers import SyncManager
 
         manager = SyncManager(ctx=mp.get_context("spawn"))
-        manager.start(initializer=die_with_parent)
+        manager.start(initializer=die_with_parent, initargs=(os.getpid(),))
         fa._results_queue = manager.Queue()
 
 

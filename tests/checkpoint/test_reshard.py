@@ -84,23 +84,32 @@ def moved_cursor(run):
     return "the next batch's samples differ from the checkpoint's fingerprint"
 
 
+# (layout, overrides, message): the moved cursor runs in two processes, where only rank 0 compares the
+# fingerprint; every rank must refuse by itself (none left waiting in a collective for a peer that quit).
+# torchrun then looks at its workers every 3 s, so that it does not stop the slower rank before that
+# rank has had its own say.
 REFUSED = {
-    "hidden_size": (["model.hidden_size=32"], "cannot resume with model.hidden_size=32"),
-    "seq_len": (["data.seq_len=16"], "cannot resume with data.seq_len=16"),
-    "moved_cursor": ([], None),
+    "hidden_size": ("single", ["model.hidden_size=32"], "cannot resume with model.hidden_size=32"),
+    "seq_len": ("single", ["data.seq_len=16"], "cannot resume with data.seq_len=16"),
+    "moved_cursor": ("dp2", [], None),
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_what_cannot_continue_is_refused_in_one_line(tmp_path, uninterrupted, case):
-    run = copy_until(uninterrupted("single"), tmp_path / "run", RESUME_AT)
-    overrides, message = REFUSED[case]
+    layout, overrides, message = REFUSED[case]
+    run = copy_until(uninterrupted(layout), tmp_path / "run", RESUME_AT)
     if case == "moved_cursor":
         message = moved_cursor(run)
     before = (run / "metrics.jsonl").read_text()
-    out = train(1, f"run.dir={run}", *RUN, *overrides, expect=2)
+    nproc, layout_overrides = LAYOUTS[layout]
+    launcher = ("--monitor-interval", "3") if nproc > 1 else ()
+    out = train(nproc, f"run.dir={run}", *RUN, *layout_overrides, *overrides, launcher=launcher,
+                expect=2 if nproc == 1 else 1)  # torchrun's own exit status is 1 when a worker fails
     errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], out[-3000:]
+    assert len(errors) == nproc and len(set(errors)) == 1 and message in errors[0], out[-3000:]
     assert str(ckpt.checkpoint_dir(run, RESUME_AT)) in errors[0]  # names the checkpoint
-    assert "Traceback" not in out and printed_steps(out) == []  # refused before the first step
+    assert printed_steps(out) == []  # refused before the first step
+    assert out.count("Traceback") == nproc - 1  # none from a rank (torchrun reports the failure with one)
+    assert "(SIGTERM)" not in out  # no rank had to be stopped by the launcher
     assert (run / "metrics.jsonl").read_text() == before
