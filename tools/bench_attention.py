@@ -2,6 +2,7 @@
 
     python tools/bench_attention.py --json bench.json                  # the default grid below
     python tools/bench_attention.py --lengths 16384 --sweep --json sweep.json   # tile configurations
+    python tools/bench_attention.py --ptxas [--sweep] --json ptxas.json   # no GPU: compile, count registers
 
 Cells: N in --lengths with batch B = max(1, tokens // N), --heads heads of --head-dim, causal, bf16.
 Methods: tapa_triton (the fused kernel, fast cos), tapa_triton_accurate_cos (libdevice cos/sin),
@@ -215,46 +216,28 @@ def sweep(args, deadline):
 
 
 def ptxas_report(args):
-    """Offline compile of each kernel/tile candidate for sm_<arch>a with triton's bundled ptxas: registers
-    and spill bytes per thread, no GPU needed (a CPU-side screen for tile configurations)."""
-    import re
-    import subprocess
-    import tempfile
-
+    """No GPU needed: compile offline for sm_<arch>a (tapa_triton_offline) and report registers, spill bytes
+    and shared memory. With --sweep: the tile candidates at --head-dim (bf16); else the default tiles of
+    every compile-time variant."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    from tapa_scale.ops import tapa_triton_bwd, tapa_triton_fwd
-    kernels = dict(fwd=tapa_triton_fwd._tapa_fwd_kernel, dkdv=tapa_triton_bwd._tapa_bwd_dkdv_kernel,
-                   dq=tapa_triton_bwd._tapa_bwd_dq_kernel)
-    D, half = args.head_dim, args.head_dim // 2
-    consts = dict(HEAD_DIM=D, D_AMP=half, D_PHASE=half, PA=max(16, half), PP=max(16, half), CAUSAL=True,
-                  LINEAR=False, FAST=True, HAS_QPOS=False, HAS_KPOS=False, HAS_SEG=False, PREC="tf32", SCAN=16)
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    rows = []
-    for kernel, candidates in SWEEP.items():
-        fn = kernels[kernel]
-        for bm, bn, warps, stages in candidates:
-            c = dict(consts, BLOCK_M=bm, BLOCK_N=bn)
-            sig = {n: "constexpr" if n in c else "*fp32" if n in ("LSE", "DELTA", "DLSE")
-                   else "*i64" if n in ("QPOS", "KPOS", "QSEG", "KSEG")
-                   else "*bf16" if n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")
-                   else "fp32" if n in ("alpha", "amp_scale", "phase_log2_scale") else "i32"
-                   for n in fn.arg_names}
-            t0 = time.time()
-            k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=c), target=GPUTarget("cuda", args.arch, 32),
-                               options=dict(num_warps=warps, num_stages=stages))
-            with tempfile.TemporaryDirectory() as tmp:
-                Path(tmp, "k.ptx").write_text(k.asm["ptx"])
-                log = subprocess.run([str(ptxas), "-v", f"--gpu-name=sm_{args.arch}a", f"{tmp}/k.ptx", "-o",
-                                      f"{tmp}/k.cubin"], capture_output=True, text=True).stderr
-            regs, spill = re.search(r"Used (\d+) registers", log), re.search(r"(\d+) bytes spill stores", log)
-            rows.append(dict(kernel=kernel, config=[bm, bn, warps, stages], regs=int(regs.group(1)) if regs else None,
-                             spill_bytes=int(spill.group(1)) if spill else None, smem=k.metadata.shared,
-                             compile_s=round(time.time() - t0, 1)))
-            print(rows[-1], flush=True)
-    return dict(arch=args.arch, head_dim=D, rows=rows)
+    from tapa_scale.ops.tapa_triton import KernelConfig
+    from tapa_scale.ops.tapa_triton_offline import VARIANTS, Variant, compile_kernels, compile_one
+
+    result = dict(arch=args.arch, triton=triton.__version__)
+    if args.sweep:
+        variant = Variant(head_dim=args.head_dim)
+        rows = [compile_one(kernel, variant, KernelConfig(*cand), args.arch)
+                for kernel, candidates in SWEEP.items() for cand in candidates]
+        for r in rows:
+            print(r, flush=True)
+        return dict(result, head_dim=args.head_dim, rows=rows)
+    result["variants"] = {}
+    for name, variant in VARIANTS.items():
+        result["variants"][name] = rows = compile_kernels(variant, arch=args.arch)
+        for r in rows:
+            print(name, r, flush=True)
+    return result
 
 
 def main(argv=None) -> int:
@@ -269,7 +252,8 @@ def main(argv=None) -> int:
     p.add_argument("--ref-max-len", type=int, default=8192, help="run tapa_reference only up to this N")
     p.add_argument("--sweep", action="store_true", help="time the tile configurations at the first length")
     p.add_argument("--ptxas", action="store_true",
-                   help="no GPU needed: compile the --sweep candidates offline, report registers and spills")
+                   help="no GPU needed: compile offline (every variant's default tiles, or with --sweep the "
+                        "tile candidates), report registers, spills and shared memory")
     p.add_argument("--arch", type=int, default=90, help="compute capability for --ptxas (90 = H100/H200)")
     p.add_argument("--max-seconds", type=float, default=1e9, help="skip remaining cells after this long")
     p.add_argument("--json", help="write results here")

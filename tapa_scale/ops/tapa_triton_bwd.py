@@ -33,6 +33,8 @@ from .tapa_triton_fwd import SCAN_BLOCKS, check_grid, strides3
 from .tapa_triton_jit import (LOG2E, id_bounds, keep_mask, load_ids, masked_load, phase_angle,
                               rel_ids, tapa_cos, tapa_sin, visit_range)
 
+DELTA_BLOCK = 64  # rows per program of the preprocess kernel
+
 
 @triton.jit
 def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, s_ob, s_oh, s_on, s_db, s_dh, s_dn, Hq, Nq,
@@ -311,10 +313,9 @@ def _tapa_bwd_dq_kernel(
 def _delta(out, dout, dlse, Hq):
     B, _, Nq, D = out.shape
     delta = torch.empty((B, Hq, Nq), dtype=torch.float32, device=out.device)
-    block = 64
-    _bwd_preprocess_kernel[(triton.cdiv(Nq, block), B * Hq)](
+    _bwd_preprocess_kernel[(triton.cdiv(Nq, DELTA_BLOCK), B * Hq)](
         out, dout, delta if dlse is None else dlse, delta, *strides3(out), *strides3(dout), Hq, Nq,
-        HEAD_DIM=D, BLOCK=block, HAS_DLSE=dlse is not None)
+        HEAD_DIM=D, BLOCK=DELTA_BLOCK, HAS_DLSE=dlse is not None)
     return delta
 
 
