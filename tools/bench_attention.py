@@ -196,7 +196,7 @@ def sweep(args, deadline):
 
     N = args.lengths[0]
     B = max(1, args.tokens // N)
-    default = default_configs(args.head_dim, torch.device(DEVICE), DTYPE)
+    default = default_configs(torch.device(DEVICE), DTYPE)
     rows, best = [], {}
     for kernel, candidates in SWEEP.items():
         mode = "fwd" if kernel == "fwd" else "fwd_bwd"

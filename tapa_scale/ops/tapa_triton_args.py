@@ -3,7 +3,7 @@
 `prepare(...)` validates the public arguments once (the same errors as the reference, plus what the
 kernel refuses) and returns a `Problem`: the tensors in kernel-ready form and every scalar/constexpr the
 launchers pass. `KernelConfig` is one launch configuration (tile sizes, warps, pipeline stages);
-`default_configs` picks one per kernel from the head dim, the device and the dtype.
+`default_configs` picks one per kernel from the device and the dtype.
 """
 from __future__ import annotations
 
@@ -41,27 +41,25 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def default_configs(head_dim: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Configs:
+def default_configs(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Configs:
     """Tile sizes per kernel. Interpreter: small tiles so short test sequences span several blocks.
 
-    GPU: starting points in the range DESIGN.md names (64-128 rows, 4-8 warps, 2-3 stages), screened
-    offline for register spills on sm_90a (tools/bench_attention.py --ptxas) but not yet timed; the
-    dK/dV tile is the smaller one because its kernel holds three fp32 accumulators (dk_A, dk_P, dv)
-    besides the tile's elementwise temporaries. fp32 inputs (IEEE dots, for tests and debugging) take
-    small tiles: their operands need twice the shared memory. tools/bench_attention.py --sweep times
-    the alternatives; docs/kernel.md records what was chosen and on which GPU.
+    GPU: starting points in the range DESIGN.md names (64-128 rows, 2-3 stages), screened offline for
+    register spills on sm_90a (tools/bench_attention.py --ptxas) but not yet timed. 8 warps for every
+    head dim and dtype: the elementwise temporaries of a (BM, BN) tile (pow, cos, sin, masks) do not
+    shrink with D, and with 4 warps the forward and dQ kernels spill 0.7-2.7 kB per thread at D = 16/32
+    in bf16/fp16 and 2-3 kB at D = 64 in fp32 (0-60 bytes with 8).
+    The dK/dV tile is the smaller one because its kernel holds three fp32 accumulators (dk_A, dk_P, dv)
+    besides those temporaries. fp32 inputs (IEEE dots, for tests and debugging) take small tiles: their
+    operands need twice the shared memory. tools/bench_attention.py --sweep times the alternatives;
+    docs/kernel.md records what was chosen and on which GPU.
     """
     if device.type != "cuda" or interpreting():
         small = KernelConfig(32, 32, 4, 1)
         return Configs(small, small, small)
     if dtype == torch.float32:
-        return Configs(fwd=KernelConfig(64, 32, 4, 2), dkdv=KernelConfig(32, 32, 4, 2), dq=KernelConfig(64, 32, 4, 2))
-    warps = 8 if head_dim >= 64 else 4
-    return Configs(
-        fwd=KernelConfig(128, 64, warps, 3),
-        dkdv=KernelConfig(64, 64, warps, 2),
-        dq=KernelConfig(128, 64, warps, 2),
-    )
+        return Configs(fwd=KernelConfig(64, 32, 8, 2), dkdv=KernelConfig(32, 32, 8, 2), dq=KernelConfig(64, 32, 8, 2))
+    return Configs(fwd=KernelConfig(128, 64, 8, 3), dkdv=KernelConfig(64, 64, 8, 2), dq=KernelConfig(128, 64, 8, 2))
 
 
 def _env_config(name: str, base: KernelConfig) -> KernelConfig:
@@ -74,10 +72,10 @@ def _env_config(name: str, base: KernelConfig) -> KernelConfig:
 
 
 def resolve_configs(q: torch.Tensor, configs: Optional[Configs]) -> Configs:
-    """The configs given, else the defaults for q's head dim, device and dtype (env overrides apply)."""
+    """The configs given, else the defaults for q's device and dtype (env overrides apply)."""
     if configs is not None:
         return configs
-    c = default_configs(q.shape[-1], q.device, q.dtype)
+    c = default_configs(q.device, q.dtype)
     return Configs(_env_config("fwd", c.fwd), _env_config("dkdv", c.dkdv), _env_config("dq", c.dq))
 
 

@@ -30,8 +30,8 @@ import triton.language as tl
 
 from .tapa_triton_args import Configs, Problem
 from .tapa_triton_fwd import SCAN_BLOCKS, check_grid, strides3
-from .tapa_triton_jit import (LOG2E, id_bounds, keep_mask, load_ids, masked_load, phase_angle,
-                              rel_ids, tapa_cos, tapa_sin, visit_range)
+from .tapa_triton_jit import (LOG2E, keep_mask, load_ids, load_split, masked_load, own_block, phase_angle,
+                              rel_ids, stage_range, tapa_cos, tapa_sin)
 
 DELTA_BLOCK = 64  # rows per program of the preprocess kernel
 
@@ -138,30 +138,18 @@ def _tapa_bwd_dkdv_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // Hkv).to(tl.int64)
     hk = (pid_bh % Hkv).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_ok = offs_n < Nk
-
-    k_pos = load_ids(KPOS + b * s_kpos, offs_n, k_ok, HAS_KPOS)
-    k_seg = load_ids(KSEG + b * s_kseg, offs_n, k_ok, HAS_SEG)
-    pmin, pmax = id_bounds(k_pos, k_ok)
-    smin, smax = id_bounds(k_seg, k_ok)
     qpos_ptr = QPOS + b * s_qpos
     qseg_ptr = QSEG + b * s_qseg
-    lo, full_lo, full_hi, hi = visit_range(pmin, pmax, smin, smax, qpos_ptr, qseg_ptr, Nq,
-                                           BLOCK_M, SCAN, False, CAUSAL, HAS_QPOS, HAS_SEG)
-
+    offs_n, k_ok, k_pos, k_seg, pos_base, seg_base, lo, full_lo, full_hi, hi = own_block(
+        pid_n * BLOCK_N, Nk, KPOS + b * s_kpos, KSEG + b * s_kseg, qpos_ptr, qseg_ptr, Nq,
+        BLOCK_N, BLOCK_M, SCAN, False, CAUSAL, HAS_KPOS, HAS_QPOS, HAS_SEG)
+    k_amp, k_ph = load_split(K + b * s_kb + hk * s_kh + offs_n[:, None] * s_kn, k_ok, D_AMP, D_PHASE, PA, PP)
+    k_sum = tl.sum(k_ph.to(tl.float32), 1)
     cols_a = tl.arange(0, PA)
     cols_p = tl.arange(0, PP)
     cols_v = tl.arange(0, HEAD_DIM)
-    k_row = K + b * s_kb + hk * s_kh + offs_n[:, None] * s_kn
-    k_amp = masked_load(k_row + cols_a[None, :], k_ok[:, None], cols_a[None, :] < D_AMP, True, PA != D_AMP)
-    k_ph = masked_load(k_row + D_AMP + cols_p[None, :], k_ok[:, None], cols_p[None, :] < D_PHASE,
-                       True, PP != D_PHASE)
-    k_sum = tl.sum(k_ph.to(tl.float32), 1)
     v = tl.load(V + b * s_vb + hk * s_vh + offs_n[:, None] * s_vn + cols_v[None, :], mask=k_ok[:, None],
                 other=0.0)
-    k_posr = rel_ids(k_pos, pmin)
-    k_segr = rel_ids(k_seg, smin)
 
     dk_amp = tl.zeros([BLOCK_N, PA], dtype=tl.float32)
     dk_ph = tl.zeros([BLOCK_N, PP], dtype=tl.float32)
@@ -173,16 +161,10 @@ def _tapa_bwd_dkdv_kernel(
         lse_ptr = LSE + (b * Hq + h) * Nq
         delta_ptr = DELTA + (b * Hq + h) * Nq
         for stage in tl.static_range(3):
-            # masked blocks before the unmasked run, the run itself, masked blocks after it
-            if stage == 0:
-                start, stop = lo, full_lo
-            elif stage == 1:
-                start, stop = full_lo, full_hi
-            else:
-                start, stop = full_hi, hi
+            start, stop = stage_range(stage, lo, full_lo, full_hi, hi)
             dk_amp, dk_ph, dv = _dkdv_tiles(
-                dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_posr, k_segr,
-                q_ptr, do_ptr, lse_ptr, delta_ptr, qpos_ptr, qseg_ptr, s_qn, s_don, pmin, smin,
+                dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_pos, k_seg,
+                q_ptr, do_ptr, lse_ptr, delta_ptr, qpos_ptr, qseg_ptr, s_qn, s_don, pos_base, seg_base,
                 start * BLOCK_M, stop * BLOCK_M, Nq, alpha, amp_scale, phase_log2_scale,
                 BLOCK_M, HEAD_DIM, D_AMP, D_PHASE, PA, PP, CAUSAL, LINEAR, HAS_QPOS, HAS_SEG, FAST, PREC,
                 stage != 1)
@@ -257,48 +239,31 @@ def _tapa_bwd_dq_kernel(
     b = (pid_bh // Hq).to(tl.int64)
     h = (pid_bh % Hq).to(tl.int64)
     hk = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    q_ok = offs_m < Nq
-
-    q_pos = load_ids(QPOS + b * s_qpos, offs_m, q_ok, HAS_QPOS)
-    q_seg = load_ids(QSEG + b * s_qseg, offs_m, q_ok, HAS_SEG)
-    pmin, pmax = id_bounds(q_pos, q_ok)
-    smin, smax = id_bounds(q_seg, q_ok)
     kpos_ptr = KPOS + b * s_kpos
     kseg_ptr = KSEG + b * s_kseg
-    lo, full_lo, full_hi, hi = visit_range(pmin, pmax, smin, smax, kpos_ptr, kseg_ptr, Nk,
-                                           BLOCK_N, SCAN, True, CAUSAL, HAS_KPOS, HAS_SEG)
-
+    offs_m, q_ok, q_pos, q_seg, pos_base, seg_base, lo, full_lo, full_hi, hi = own_block(
+        pid_m * BLOCK_M, Nq, QPOS + b * s_qpos, QSEG + b * s_qseg, kpos_ptr, kseg_ptr, Nk,
+        BLOCK_M, BLOCK_N, SCAN, True, CAUSAL, HAS_QPOS, HAS_KPOS, HAS_SEG)
+    q_amp, q_ph = load_split(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn, q_ok, D_AMP, D_PHASE, PA, PP)
+    q_sum = tl.sum(q_ph.to(tl.float32), 1)
     cols_a = tl.arange(0, PA)
     cols_p = tl.arange(0, PP)
     cols_v = tl.arange(0, HEAD_DIM)
-    q_row = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn
-    q_amp = masked_load(q_row + cols_a[None, :], q_ok[:, None], cols_a[None, :] < D_AMP, True, PA != D_AMP)
-    q_ph = masked_load(q_row + D_AMP + cols_p[None, :], q_ok[:, None], cols_p[None, :] < D_PHASE,
-                       True, PP != D_PHASE)
-    q_sum = tl.sum(q_ph.to(tl.float32), 1)
     do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_don + cols_v[None, :],
                  mask=q_ok[:, None], other=0.0)
     flat = pid_bh.to(tl.int64) * Nq + offs_m
     lse = tl.load(LSE + flat, mask=q_ok, other=float("-inf"))
     delta = tl.load(DELTA + flat, mask=q_ok, other=0.0)
-    q_posr = rel_ids(q_pos, pmin)
-    q_segr = rel_ids(q_seg, smin)
 
     dq_amp = tl.zeros([BLOCK_M, PA], dtype=tl.float32)
     dq_ph = tl.zeros([BLOCK_M, PP], dtype=tl.float32)
     k_ptr = K + b * s_kb + hk * s_kh
     v_ptr = V + b * s_vb + hk * s_vh
     for stage in tl.static_range(3):
-        if stage == 0:
-            start, stop = lo, full_lo
-        elif stage == 1:
-            start, stop = full_lo, full_hi
-        else:
-            start, stop = full_hi, hi
+        start, stop = stage_range(stage, lo, full_lo, full_hi, hi)
         dq_amp, dq_ph = _dq_tiles(
-            dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_posr, q_segr,
-            k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, pmin, smin, start * BLOCK_N, stop * BLOCK_N, Nk,
+            dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_pos, q_seg,
+            k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, pos_base, seg_base, start * BLOCK_N, stop * BLOCK_N, Nk,
             alpha, amp_scale, phase_log2_scale,
             BLOCK_N, HEAD_DIM, D_AMP, D_PHASE, PA, PP, CAUSAL, LINEAR, HAS_KPOS, HAS_SEG, FAST, PREC,
             stage != 1)

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .tapa_triton_args import KernelConfig, Problem
-from .tapa_triton_jit import (LN2, LOG2E, id_bounds, keep_mask, load_ids, masked_load, phase_angle,
-                              rel_ids, tapa_cos, visit_range)
+from .tapa_triton_jit import (LN2, LOG2E, keep_mask, load_ids, load_split, masked_load, own_block,
+                              phase_angle, rel_ids, stage_range, tapa_cos)
 
 SCAN_BLOCKS = 16  # key blocks whose position bounds one visit_range step reads
 
@@ -90,30 +90,16 @@ def _tapa_fwd_kernel(
     b = (pid_bh // Hq).to(tl.int64)
     h = (pid_bh % Hq).to(tl.int64)
     hk = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    q_ok = offs_m < Nq
-
-    # which key blocks to visit, from this block's position / segment bounds
-    q_pos = load_ids(QPOS + b * s_qpos, offs_m, q_ok, HAS_QPOS)
-    q_seg = load_ids(QSEG + b * s_qseg, offs_m, q_ok, HAS_SEG)
-    pmin, pmax = id_bounds(q_pos, q_ok)
-    smin, smax = id_bounds(q_seg, q_ok)
     kpos_ptr = KPOS + b * s_kpos
     kseg_ptr = KSEG + b * s_kseg
-    lo, full_lo, full_hi, hi = visit_range(pmin, pmax, smin, smax, kpos_ptr, kseg_ptr, Nk,
-                                           BLOCK_N, SCAN, True, CAUSAL, HAS_KPOS, HAS_SEG)
-
-    # queries, loaded once: amplitude (BM, PA) and phase (BM, PP) halves, padded columns are zero
-    cols_a = tl.arange(0, PA)
-    cols_p = tl.arange(0, PP)
-    q_row = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn
-    q_amp = masked_load(q_row + cols_a[None, :], q_ok[:, None], cols_a[None, :] < D_AMP, True, PA != D_AMP)
-    q_ph = masked_load(q_row + D_AMP + cols_p[None, :], q_ok[:, None], cols_p[None, :] < D_PHASE,
-                       True, PP != D_PHASE)
+    # this block's rows, their positions relative to its first one (distances exact in fp32 for spans
+    # below 2**24), and which key blocks to visit, from its position / segment bounds
+    offs_m, q_ok, q_pos, q_seg, pos_base, seg_base, lo, full_lo, full_hi, hi = own_block(
+        pid_m * BLOCK_M, Nq, QPOS + b * s_qpos, QSEG + b * s_qseg, kpos_ptr, kseg_ptr, Nk,
+        BLOCK_M, BLOCK_N, SCAN, True, CAUSAL, HAS_QPOS, HAS_KPOS, HAS_SEG)
+    # queries, loaded once: amplitude (BM, PA) and phase (BM, PP) parts, padded columns are zero
+    q_amp, q_ph = load_split(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn, q_ok, D_AMP, D_PHASE, PA, PP)
     q_sum = tl.sum(q_ph.to(tl.float32), 1)  # linear phase only; cheap, once per program
-    # Positions relative to the block's first one: distances exact in fp32 for spans below 2**24.
-    q_posr = rel_ids(q_pos, pmin)
-    q_segr = rel_ids(q_seg, smin)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -122,16 +108,10 @@ def _tapa_fwd_kernel(
     v_ptr = V + b * s_vb + hk * s_vh
     amp_scale_log2 = amp_scale * LOG2E
     for stage in tl.static_range(3):
-        # masked blocks before the unmasked run, the run itself (no mask work), masked blocks after it
-        if stage == 0:
-            start, stop = lo, full_lo
-        elif stage == 1:
-            start, stop = full_lo, full_hi
-        else:
-            start, stop = full_hi, hi
+        start, stop = stage_range(stage, lo, full_lo, full_hi, hi)
         acc, m_i, l_i = _fwd_tiles(
-            acc, m_i, l_i, q_amp, q_ph, q_sum, q_posr, q_segr, k_ptr, v_ptr, kpos_ptr, kseg_ptr,
-            s_kn, s_vn, pmin, smin, start * BLOCK_N, stop * BLOCK_N, Nk, alpha, amp_scale_log2,
+            acc, m_i, l_i, q_amp, q_ph, q_sum, q_pos, q_seg, k_ptr, v_ptr, kpos_ptr, kseg_ptr,
+            s_kn, s_vn, pos_base, seg_base, start * BLOCK_N, stop * BLOCK_N, Nk, alpha, amp_scale_log2,
             phase_log2_scale, BLOCK_N, HEAD_DIM, D_AMP, D_PHASE, PA, PP, CAUSAL, LINEAR, HAS_KPOS,
             HAS_SEG, FAST, PREC, stage != 1)
 

@@ -224,3 +224,52 @@ def visit_range(self_pmin, self_pmax, self_smin, self_smax, pos_ptr, seg_ptr, n_
         full_lo = n_blocks * 0
         full_hi = n_other // BLOCK
     return lo, full_lo, full_hi, hi
+
+
+# ----------------------------------------------------------------------------------------------------
+# a program's own block (the prologue shared by the three attention kernels)
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def own_block(start, n, pos_ptr, seg_ptr, other_pos_ptr, other_seg_ptr, n_other,
+              BLOCK: tl.constexpr, OTHER_BLOCK: tl.constexpr, SCAN: tl.constexpr, SELF_IS_Q: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_OTHER_POS: tl.constexpr,
+              HAS_SEG: tl.constexpr):
+    """This program's rows [start, start + BLOCK) of one side (queries or keys) and which blocks of the
+    other side it visits.
+
+    Returns (offs, ok, pos, seg, pos_base, seg_base, lo, full_lo, full_hi, hi): pos / seg as int32
+    relative to pos_base / seg_base (rel_ids; the tile loops make the other side relative alike), and
+    visit_range's block indices."""
+    offs = start + tl.arange(0, BLOCK)
+    ok = offs < n
+    pos = load_ids(pos_ptr, offs, ok, HAS_POS)
+    seg = load_ids(seg_ptr, offs, ok, HAS_SEG)
+    pmin, pmax = id_bounds(pos, ok)
+    smin, smax = id_bounds(seg, ok)
+    lo, full_lo, full_hi, hi = visit_range(pmin, pmax, smin, smax, other_pos_ptr, other_seg_ptr, n_other,
+                                           OTHER_BLOCK, SCAN, SELF_IS_Q, CAUSAL, HAS_OTHER_POS, HAS_SEG)
+    return offs, ok, rel_ids(pos, pmin), rel_ids(seg, smin), pmin, smin, lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def load_split(rows, ok, D_AMP: tl.constexpr, D_PHASE: tl.constexpr, PA: tl.constexpr, PP: tl.constexpr):
+    """Amplitude (R, PA) and phase (R, PP) parts of R head vectors; rows: (R, 1) pointers to their first
+    element, ok: (R,). Padding columns (PA > D_AMP, PP > D_PHASE) and rows not ok are zero."""
+    cols_a = tl.arange(0, PA)
+    cols_p = tl.arange(0, PP)
+    amp = masked_load(rows + cols_a[None, :], ok[:, None], cols_a[None, :] < D_AMP, True, PA != D_AMP)
+    ph = masked_load(rows + D_AMP + cols_p[None, :], ok[:, None], cols_p[None, :] < D_PHASE, True, PP != D_PHASE)
+    return amp, ph
+
+
+@triton.jit
+def stage_range(stage: tl.constexpr, lo, full_lo, full_hi, hi):
+    """Blocks [start, stop) of a loop stage: 0 the masked blocks before the unmasked run, 1 the run
+    itself (no mask work), 2 the masked blocks after it."""
+    if stage == 0:
+        start, stop = lo, full_lo
+    elif stage == 1:
+        start, stop = full_lo, full_hi
+    else:
+        start, stop = full_hi, hi
+    return start, stop

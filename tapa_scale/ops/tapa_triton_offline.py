@@ -121,7 +121,7 @@ def compile_one(kernel: str, variant: Variant, config: KernelConfig, arch: int =
 
 def compile_kernels(variant: Variant, configs: Optional[Configs] = None, arch: int = 90) -> list[dict]:
     """Every kernel of `variant` with `configs` (default: what a CUDA launch would pick)."""
-    cfgs = configs or default_configs(variant.head_dim, torch.device("cuda"), variant.dtype)
+    cfgs = configs or default_configs(torch.device("cuda"), variant.dtype)
     rows = [compile_one(k, variant, getattr(cfgs, k), arch) for k in ("fwd", "dkdv", "dq")]
     delta = KernelConfig(0, 0, 4, 3)  # its launcher passes no warps/stages: triton's defaults
     return rows + [compile_one("delta", variant, delta, arch)]
