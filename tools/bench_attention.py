@@ -35,9 +35,9 @@ METHODS = ("tapa_triton", "tapa_triton_accurate_cos", "tapa_reference", "sdpa_fl
 # Candidate tile configurations (block_m, block_n, num_warps, num_stages) for --sweep: few, so that
 # compiling all of them fits a short GPU run.
 SWEEP = {
-    "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3)],
-    "dkdv": [(64, 64, 8, 2), (64, 128, 8, 2), (32, 128, 8, 2), (32, 64, 4, 3)],
-    "dq": [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (64, 128, 8, 2)],
+    "fwd": [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3)],
+    "dkdv": [(32, 128, 8, 2), (32, 128, 8, 1), (16, 128, 8, 2), (32, 64, 4, 2)],
+    "dq": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 2)],
 }
 
 
@@ -217,26 +217,36 @@ def sweep(args, deadline):
 
 def ptxas_report(args):
     """No GPU needed: compile offline for sm_<arch>a (tapa_triton_offline) and report registers, spill bytes
-    and shared memory. With --sweep: the tile candidates at --head-dim (bf16); else the default tiles of
-    every compile-time variant."""
+    and shared memory: with --sweep, each tile candidate at --head-dim (bf16) with its hot loop's
+    instruction mix; else the default tiles of every compile-time variant, and the hot loops of the
+    bf16 defaults with the ceiling they imply."""
     import triton
 
     from tapa_scale.ops.tapa_triton import KernelConfig
-    from tapa_scale.ops.tapa_triton_offline import VARIANTS, Variant, compile_kernels, compile_one
+    from tapa_scale.ops.tapa_triton_args import default_configs
+    from tapa_scale.ops.tapa_triton_offline import VARIANTS, Variant, compile_kernels, hot_loop, model_ceiling
 
     result = dict(arch=args.arch, triton=triton.__version__)
+    variant = Variant(head_dim=args.head_dim)
     if args.sweep:
-        variant = Variant(head_dim=args.head_dim)
-        rows = [compile_one(kernel, variant, KernelConfig(*cand), args.arch)
-                for kernel, candidates in SWEEP.items() for cand in candidates]
-        for r in rows:
-            print(r, flush=True)
+        rows = []
+        for kernel, candidates in SWEEP.items():
+            for cand in candidates:
+                rows.append(hot_loop(kernel, variant, KernelConfig(*cand), args.arch))
+                print({k: v for k, v in rows[-1].items() if k != "ops"}, flush=True)
         return dict(result, head_dim=args.head_dim, rows=rows)
     result["variants"] = {}
-    for name, variant in VARIANTS.items():
-        result["variants"][name] = rows = compile_kernels(variant, arch=args.arch)
+    for name, v in VARIANTS.items():
+        result["variants"][name] = rows = compile_kernels(v, arch=args.arch)
         for r in rows:
             print(name, r, flush=True)
+    defaults = default_configs(torch.device("cuda"), variant.dtype)
+    loops = {k: hot_loop(k, variant, getattr(defaults, k), args.arch) for k in ("fwd", "dkdv", "dq")}
+    for k, r in loops.items():
+        print(f"hot loop {k} {r['config']}: {r['instructions']} instructions, {r['mufu']} MUFU per tile "
+              f"element; clocks/element {r['clocks']} -> {r['bound']}-bound")
+    result.update(hot_loop=loops, model_ceiling=model_ceiling(loops, args.head_dim))
+    print("model ceiling (fraction of dense tensor peak):", result["model_ceiling"])
     return result
 
 

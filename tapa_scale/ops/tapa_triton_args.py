@@ -49,8 +49,11 @@ def default_configs(device: torch.device, dtype: torch.dtype = torch.bfloat16) -
     head dim and dtype: the elementwise temporaries of a (BM, BN) tile (pow, cos, sin, masks) do not
     shrink with D, and with 4 warps the forward and dQ kernels spill 0.7-2.7 kB per thread at D = 16/32
     in bf16/fp16 and 2-3 kB at D = 64 in fp32 (0-60 bytes with 8).
-    The dK/dV tile is the smaller one because its kernel holds three fp32 accumulators (dk_A, dk_P, dv)
-    besides those temporaries. fp32 inputs (IEEE dots, for tests and debugging) take small tiles: their
+    With 8 warps (two warpgroups) a kernel's own rows must number 128 (block_m for the forward and dQ,
+    block_n for dK/dV): with 64 the warpgroups split the tile's columns, and each then recomputes the
+    whole P tile (pow, cos, sin, exp) for the next product, which doubled the dK/dV loop's MUFU work
+    and raised its instructions per tile element from 52 to 108 (tapa_triton_offline.hot_loop).
+    fp32 inputs (IEEE dots, for tests and debugging) take small tiles: their
     operands need twice the shared memory. tools/bench_attention.py --sweep times the alternatives;
     docs/kernel.md records what was chosen and on which GPU.
     """
@@ -59,7 +62,7 @@ def default_configs(device: torch.device, dtype: torch.dtype = torch.bfloat16) -
         return Configs(small, small, small)
     if dtype == torch.float32:
         return Configs(fwd=KernelConfig(64, 32, 8, 2), dkdv=KernelConfig(32, 32, 8, 2), dq=KernelConfig(64, 32, 8, 2))
-    return Configs(fwd=KernelConfig(128, 64, 8, 3), dkdv=KernelConfig(64, 64, 8, 2), dq=KernelConfig(128, 64, 8, 2))
+    return Configs(fwd=KernelConfig(128, 64, 8, 3), dkdv=KernelConfig(32, 128, 8, 2), dq=KernelConfig(128, 64, 8, 2))
 
 
 def _env_config(name: str, base: KernelConfig) -> KernelConfig:

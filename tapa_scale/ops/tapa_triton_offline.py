@@ -9,8 +9,10 @@ TRITON_INTERPRET is unset (the interpreter replaces `triton.jit` at import).
 
 The signature is built from argument names as the launchers pass them: data pointers in the input
 dtype, LSE/DELTA/DLSE fp32, ids int64, the three runtime scalars fp32, every other integer i32 (the
-strides and lengths of any tensor below 2**31 elements). Triton specialises a live launch further
-(integers equal to 1, 16-byte alignment), so the numbers are a screen; the GPU decides.
+strides and lengths of any tensor below 2**31 elements). Pointers and strides carry the hint a live
+launch gives them when they are multiples of 16 (torch allocations and head dims 16-128 are), which
+lets loads be vectorised; head counts and lengths carry none. Triton also folds integers equal to 1
+at a live launch (GROUP = 1 without GQA), so the numbers are a screen; the GPU decides.
 """
 from __future__ import annotations
 
@@ -81,6 +83,12 @@ def _signature(fn, dtype: torch.dtype, constexprs: dict) -> dict:
     return {name: kind(name) for name in fn.arg_names}
 
 
+def _alignment_hints(fn, signature: dict) -> dict:
+    """tt.divisibility=16 on every pointer and stride argument (see the module docstring)."""
+    return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+            if signature[name].startswith("*") or name.startswith("s_")}
+
+
 def _ptxas_usage(ptx: str, arch: int) -> tuple[Optional[int], Optional[int]]:
     """(registers, spill store bytes) per thread from ptxas -v."""
     import triton
@@ -94,8 +102,9 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[Optional[int], Optional[int]]:
     return (int(regs.group(1)) if regs else None), (int(spill.group(1)) if spill else None)
 
 
-def compile_one(kernel: str, variant: Variant, config: KernelConfig, arch: int = 90) -> dict:
-    """Compile one kernel ('fwd', 'dkdv', 'dq' or 'delta') of `variant` with `config` for sm_<arch>a."""
+def compile_one(kernel: str, variant: Variant, config: KernelConfig, arch: int = 90, keep: bool = False) -> dict:
+    """Compile one kernel ('fwd', 'dkdv', 'dq' or 'delta') of `variant` with `config` for sm_<arch>a
+    (keep: also return the cubin)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -110,13 +119,15 @@ def compile_one(kernel: str, variant: Variant, config: KernelConfig, arch: int =
         consts = dict(problem_of(variant).constexprs(), SCAN=SCAN_BLOCKS, BLOCK_M=config.block_m,
                       BLOCK_N=config.block_n)
     t0 = time.time()
-    compiled = triton.compile(ASTSource(fn=fn, signature=_signature(fn, variant.dtype, consts), constexprs=consts),
-                              target=GPUTarget("cuda", arch, 32),
+    signature = _signature(fn, variant.dtype, consts)
+    source = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=_alignment_hints(fn, signature))
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
     regs, spills = _ptxas_usage(compiled.asm["ptx"], arch)
-    return dict(kernel=kernel, config=[config.block_m, config.block_n, config.num_warps, config.num_stages],
-                regs=regs, spill_bytes=spills, smem=compiled.metadata.shared,
-                smem_limit=SMEM_LIMIT.get(arch), compile_s=round(time.time() - t0, 1))
+    row = dict(kernel=kernel, config=[config.block_m, config.block_n, config.num_warps, config.num_stages],
+               regs=regs, spill_bytes=spills, smem=compiled.metadata.shared,
+               smem_limit=SMEM_LIMIT.get(arch), compile_s=round(time.time() - t0, 1))
+    return dict(row, cubin=compiled.asm["cubin"]) if keep else row
 
 
 def compile_kernels(variant: Variant, configs: Optional[Configs] = None, arch: int = 90) -> list[dict]:
@@ -125,3 +136,73 @@ def compile_kernels(variant: Variant, configs: Optional[Configs] = None, arch: i
     rows = [compile_one(k, variant, getattr(cfgs, k), arch) for k in ("fwd", "dkdv", "dq")]
     delta = KernelConfig(0, 0, 4, 3)  # its launcher passes no warps/stages: triton's defaults
     return rows + [compile_one("delta", variant, delta, arch)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the hot loop's instruction mix, and what it implies on an H100/H200
+# ----------------------------------------------------------------------------------------------------
+# Per SM and clock on sm_90 (CUDA programming guide, throughput table; H100 whitepaper): 4 warp
+# schedulers issue one warp instruction each (128 thread instructions), the MUFU units (lg2, ex2, cos,
+# sin) retire 16 results, the tensor cores 4096 dense bf16/fp16 FLOPs.
+ISSUE_PER_CLK, MUFU_PER_CLK, TENSOR_FLOP_PER_CLK = 128, 16, 4096
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_BRANCH = re.compile(r"BRA `\((\.L_x_\d+)\)")
+_OPCODE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)(\.[A-Z0-9_.]+)?")
+_MMA = re.compile(r"HGMMA\.(\d+)x(\d+)x(\d+)")
+
+
+def _loops(sass: str) -> list[list[str]]:
+    """Bodies (instruction lines) of the loops in a disassembly: a branch back to an earlier label."""
+    lines = sass.splitlines()
+    at = {m.group(1): i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
+    bodies = []
+    for i, line in enumerate(lines):
+        m = _BRANCH.search(line)
+        if m and at.get(m.group(1), i) < i:
+            bodies.append([x for x in lines[at[m.group(1)]:i + 1] if _OPCODE.match(x)])
+    return bodies
+
+
+def hot_loop(kernel: str, variant: Variant, config: KernelConfig, arch: int = 90) -> dict:
+    """Instruction mix of one kernel's unmasked loop (the innermost loop with tensor-core instructions
+    and the fewest instructions), per element of its (BM, BN) tile and per thread, from the SASS of the
+    compiled kernel, and the clocks per element an SM needs for it on each limit: instruction issue,
+    MUFU, tensor cores. The largest is the loop's ceiling if everything else overlaps perfectly;
+    memory, latency and the masked diagonal blocks come on top."""
+    import triton
+
+    compiled = compile_one(kernel, variant, config, arch, keep=True)
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "k.cubin").write_bytes(compiled.pop("cubin"))
+        sass = subprocess.run([str(nvdisasm), "-c", f"{tmp}/k.cubin"], capture_output=True, text=True,
+                              check=True).stdout
+    body = min((b for b in _loops(sass) if any("HGMMA" in x for x in b)), key=len)
+    ops: dict[str, int] = {}
+    for line in body:
+        op = _OPCODE.match(line).group(1)
+        ops[op] = ops.get(op, 0) + 1
+    per_thread = config.block_m * config.block_n / (32 * config.num_warps)   # tile elements per thread
+    warpgroups = config.num_warps / 4
+    flops = 2 * warpgroups * sum(int(a) * int(b) * int(c) for m in map(_MMA.search, body) if m
+                                 for a, b, c in [m.groups()])
+    per_elt = {op: round(n / per_thread, 2) for op, n in ops.items()}
+    clocks = dict(issue=len(body) / per_thread / ISSUE_PER_CLK,
+                  mufu=ops.get("MUFU", 0) / per_thread / MUFU_PER_CLK,
+                  tensor=flops / (config.block_m * config.block_n) / TENSOR_FLOP_PER_CLK)
+    return dict(compiled, elements_per_thread=per_thread, instructions=round(len(body) / per_thread, 2),
+                mufu=per_elt.get("MUFU", 0.0), local_memory=round(per_elt.get("LDL", 0) + per_elt.get("STL", 0), 2),
+                tensor_flops=flops / (config.block_m * config.block_n),
+                clocks={k: round(v, 4) for k, v in clocks.items()}, bound=max(clocks, key=clocks.get),
+                ops=dict(sorted(per_elt.items(), key=lambda kv: -kv[1])))
+
+
+def model_ceiling(loops: dict, head_dim: int = 128) -> dict:
+    """Fraction of the tensor cores' dense peak that the hot loops' limits allow, credited as
+    tools/bench_attention.py credits FLOPs (forward 4*D per kept pair, forward+backward 3.5x that):
+    the forward kernel alone, and forward + dK/dV + dQ run one after the other. `loops`: hot_loop
+    results by kernel name."""
+    slowest = {k: max(r["clocks"].values()) for k, r in loops.items()}
+    fwd = 4 * head_dim / TENSOR_FLOP_PER_CLK / slowest["fwd"]
+    both = 3.5 * 4 * head_dim / TENSOR_FLOP_PER_CLK / (slowest["fwd"] + slowest["dkdv"] + slowest["dq"])
+    return dict(fwd=round(fwd, 3), fwd_bwd=round(both, 3))

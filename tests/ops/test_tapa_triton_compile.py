@@ -8,7 +8,9 @@ triton's bundled ptxas, through `tools/bench_attention.py --ptxas`, in a process
 Would catch: a kernel that runs in the interpreter but does not compile for the GPU (a typo in the inline
 PTX of the fast cos/sin/pow, a tl.dot operand narrower than 16 or of mixed dtypes, a constexpr branch
 only the GPU takes), and default tiles whose pipeline stages need more shared memory than one program
-may have (the launch would fail on the GPU).
+may have (the launch would fail on the GPU); and default tiles whose hot loops do work twice: with
+64 own rows and 8 warps, each warpgroup recomputed the whole P tile (pow, cos, sin, exp) and the
+dK/dV loop ran 10 MUFU operations and 1.5x the tensor-core FLOPs per tile element instead of 5 and 1x.
 """
 import json
 import os
@@ -34,7 +36,8 @@ def test_every_variant_compiles_for_sm90(tmp_path):
     run = subprocess.run([sys.executable, "tools/bench_attention.py", "--ptxas", "--json", str(out)], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
-    variants = json.loads(out.read_text())["variants"]
+    report = json.loads(out.read_text())
+    variants = report["variants"]
 
     from tapa_scale.ops.tapa_triton_offline import VARIANTS
     assert sorted(variants) == sorted(VARIANTS)
@@ -44,3 +47,12 @@ def test_every_variant_compiles_for_sm90(tmp_path):
             assert r["regs"] is not None and r["regs"] <= 255, (name, r)  # ptxas produced a cubin
             assert r["spill_bytes"] is not None, (name, r)
             assert 0 < r["smem"] <= r["smem_limit"], (name, r)
+
+    # the bf16 D = 128 defaults' unmasked loops, per tile element: each MUFU operation once (forward: pow
+    # as lg2 + ex2, cos, the softmax's exp; backward kernels: pow, cos, sin, exp), and the tensor-core
+    # FLOPs of the products the math needs (forward q_A.k_A + q_P.k_P and P.V: 2 * 2D; dK/dV: those two,
+    # dO.V, P^T.dO and dS^T.q: 4 * 2D; dQ: 3 * 2D), not more
+    loops = report["hot_loop"]
+    for kernel, mufu, flops in (("fwd", 4, 4 * 128), ("dkdv", 5, 8 * 128), ("dq", 5, 6 * 128)):
+        assert loops[kernel]["mufu"] <= mufu + 0.1, (kernel, loops[kernel])
+        assert loops[kernel]["tensor_flops"] == flops, (kernel, loops[kernel])
