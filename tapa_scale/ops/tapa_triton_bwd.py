@@ -31,7 +31,7 @@ import triton.language as tl
 from .tapa_triton_args import Configs, Problem
 from .tapa_triton_fwd import SCAN_BLOCKS, check_grid, strides3
 from .tapa_triton_jit import (LOG2E, keep_mask, load_ids, load_split, masked_load, own_block, phase_angle,
-                              rel_ids, stage_range, tapa_cos, tapa_sin)
+                              rel_float, rel_ids, stage_range, tapa_cos, tapa_sin)
 
 DELTA_BLOCK = 64  # rows per program of the preprocess kernel
 
@@ -98,11 +98,12 @@ def _dkdv_tiles(dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_pos, k_seg,
             phi = k_sum[:, None] + tl.sum(q_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(k_ph, q_ph, input_precision=PREC)
-        q_pos = rel_ids(load_ids(qpos_ptr, offs_m, q_ok, HAS_QPOS), pos_base)
-        dist = tl.abs(k_pos.to(tl.float32)[:, None] - q_pos.to(tl.float32)[None, :])
+        q_ids = load_ids(qpos_ptr, offs_m, q_ok, HAS_QPOS)
+        dist = tl.abs(k_pos.to(tl.float32)[:, None] - rel_float(q_ids, pos_base)[None, :])
         c, g_scale, p = _recompute(a, phi, dist, masked_load(lse_ptr + offs_m, q_ok, q_ok, MASKED, False)[None, :],
                                    alpha, amp_scale, phase_log2_scale, FAST)
         if MASKED:
+            q_pos = rel_ids(q_ids, pos_base)
             q_seg = rel_ids(load_ids(qseg_ptr, offs_m, q_ok, HAS_SEG), seg_base)
             keep = keep_mask(q_pos[None, :], k_pos[:, None], q_seg[None, :], k_seg[:, None],
                              q_ok[None, :], CAUSAL, HAS_SEG)
@@ -203,10 +204,11 @@ def _dq_tiles(dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_pos, q_seg,
             phi = q_sum[:, None] + tl.sum(k_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
-        k_pos = rel_ids(load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS), pos_base)
-        dist = tl.abs(q_pos.to(tl.float32)[:, None] - k_pos.to(tl.float32)[None, :])
+        k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS)
+        dist = tl.abs(q_pos.to(tl.float32)[:, None] - rel_float(k_ids, pos_base)[None, :])
         c, g_scale, p = _recompute(a, phi, dist, lse[:, None], alpha, amp_scale, phase_log2_scale, FAST)
         if MASKED:
+            k_pos = rel_ids(k_ids, pos_base)
             k_seg = rel_ids(load_ids(kseg_ptr, offs_n, k_ok, HAS_SEG), seg_base)
             keep = keep_mask(q_pos[:, None], k_pos[None, :], q_seg[:, None], k_seg[None, :],
                              k_ok[None, :], CAUSAL, HAS_SEG)

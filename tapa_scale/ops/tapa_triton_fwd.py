@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .tapa_triton_args import KernelConfig, Problem
 from .tapa_triton_jit import (LN2, LOG2E, keep_mask, load_ids, load_split, masked_load, own_block,
-                              phase_angle, rel_ids, stage_range, tapa_cos)
+                              phase_angle, rel_float, rel_ids, stage_range, tapa_cos)
 
 SCAN_BLOCKS = 16  # key blocks whose position bounds one visit_range step reads
 
@@ -52,11 +52,12 @@ def _fwd_tiles(acc, m_i, l_i, q_amp, q_ph, q_sum, q_pos, q_seg,
             phi = q_sum[:, None] + tl.sum(k_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
-        k_pos = rel_ids(load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS), pos_base)
-        dist = tl.abs(q_pos.to(tl.float32)[:, None] - k_pos.to(tl.float32)[None, :])
+        k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS)
+        dist = tl.abs(q_pos.to(tl.float32)[:, None] - rel_float(k_ids, pos_base)[None, :])
         angle, _ = phase_angle(phi, dist, alpha, phase_log2_scale, FAST)
         s = (a * amp_scale_log2) * tapa_cos(angle, FAST)  # (BM, BN) logits in log2 units
         if MASKED:
+            k_pos = rel_ids(k_ids, pos_base)
             k_seg = rel_ids(load_ids(kseg_ptr, offs_n, k_ok, HAS_SEG), seg_base)
             keep = keep_mask(q_pos[:, None], k_pos[None, :], q_seg[:, None], k_seg[None, :],
                              k_ok[None, :], CAUSAL, HAS_SEG)
