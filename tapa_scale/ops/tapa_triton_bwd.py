@@ -98,7 +98,7 @@ def _dkdv_tiles(dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_pos, k_seg,
             phi = k_sum[:, None] + tl.sum(q_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(k_ph, q_ph, input_precision=PREC)
-        q_ids = load_ids(qpos_ptr, offs_m, q_ok, HAS_QPOS)
+        q_ids = load_ids(qpos_ptr, offs_m, q_ok, HAS_QPOS, MASKED)
         dist = tl.abs(k_pos.to(tl.float32)[:, None] - rel_float(q_ids, pos_base)[None, :])
         c, g_scale, p = _recompute(a, phi, dist, masked_load(lse_ptr + offs_m, q_ok, q_ok, MASKED, False)[None, :],
                                    alpha, amp_scale, phase_log2_scale, FAST)
@@ -204,7 +204,7 @@ def _dq_tiles(dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_pos, q_seg,
             phi = q_sum[:, None] + tl.sum(k_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
-        k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS)
+        k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS, MASKED)
         dist = tl.abs(q_pos.to(tl.float32)[:, None] - rel_float(k_ids, pos_base)[None, :])
         c, g_scale, p = _recompute(a, phi, dist, lse[:, None], alpha, amp_scale, phase_log2_scale, FAST)
         if MASKED:

@@ -52,7 +52,7 @@ def _fwd_tiles(acc, m_i, l_i, q_amp, q_ph, q_sum, q_pos, q_seg,
             phi = q_sum[:, None] + tl.sum(k_ph.to(tl.float32), 0)[None, :]
         else:
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
-        k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS)
+        k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS, MASKED)
         dist = tl.abs(q_pos.to(tl.float32)[:, None] - rel_float(k_ids, pos_base)[None, :])
         angle, _ = phase_angle(phi, dist, alpha, phase_log2_scale, FAST)
         s = (a * amp_scale_log2) * tapa_cos(angle, FAST)  # (BM, BN) logits in log2 units

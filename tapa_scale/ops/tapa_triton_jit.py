@@ -110,10 +110,13 @@ def scaled_pow(dist, alpha, log2_scale, FAST: tl.constexpr):
 # ids, masks, tiles
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def load_ids(ptr, offs, valid, HAS: tl.constexpr):
-    """Positions / segment ids at offs as int64; without a tensor (HAS=False) the ids are offs (arange)."""
-    if HAS:
+def load_ids(ptr, offs, valid, HAS: tl.constexpr, MASK: tl.constexpr = True):
+    """Positions / segment ids at offs as int64; without a tensor (HAS=False) the ids are offs (arange).
+    MASK=False: every offs is known to be in range (the tile loops' unmasked stage)."""
+    if HAS and MASK:
         ids = tl.load(ptr + offs, mask=valid, other=0).to(tl.int64)
+    elif HAS:
+        ids = tl.load(ptr + offs).to(tl.int64)
     else:
         ids = offs.to(tl.int64)
     return ids
