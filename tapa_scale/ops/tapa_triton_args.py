@@ -141,9 +141,10 @@ class Problem:
         )
 
     def scales(self) -> dict:
-        """Runtime fp32 scalars: amplitude scale, log2 of the phase scale 2*pi/sqrt(d_phase), alpha."""
+        """Runtime fp32 scalars: amplitude scale, log2 of the phase scale 1/sqrt(d_phase) (the kernels carry
+        the phase in turns, tapa_triton_jit.reduce_turns), alpha."""
         return dict(alpha=self.alpha, amp_scale=1.0 / math.sqrt(self.d_amp),
-                    phase_log2_scale=math.log2(2.0 * math.pi / math.sqrt(self.d_phase)))
+                    phase_log2_scale=-0.5 * math.log2(self.d_phase))
 
 
 def _ids(t, batch, n, device, name):

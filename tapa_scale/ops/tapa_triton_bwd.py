@@ -6,7 +6,7 @@ delta = rowsum(O*dO) (minus dlse when the LSE itself receives a gradient) and dS
 
     dV   = P^T dO
     dq_A = (dS*c) k_A / sqrt(d_amp)           dk_A = (dS*c)^T q_A / sqrt(d_amp)
-    G    = -dS*a*s*w
+    G    = -dS*a*s*w      (the kernels carry w in turns, w/(2*pi), and multiply dq_P, dk_P by 2*pi at the end)
     quadratic: dq_P = G k_P,  dk_P = G^T q_P
     linear:    dq_P = rowsum(G) in every phase column, dk_P = colsum(G) likewise
 
@@ -30,8 +30,8 @@ import triton.language as tl
 
 from .tapa_triton_args import Configs, Problem
 from .tapa_triton_fwd import SCAN_BLOCKS, check_grid, strides3
-from .tapa_triton_jit import (LOG2E, keep_mask, load_ids, load_split, masked_load, own_block, phase_angle,
-                              rel_float, rel_ids, stage_range, tapa_cos, tapa_sin)
+from .tapa_triton_jit import (LOG2E, TWO_PI, keep_mask, load_ids, load_split, masked_load, own_block,
+                              phase_turns, rel_float, rel_ids, stage_range, tapa_cos, tapa_sin)
 
 DELTA_BLOCK = 64  # rows per program of the preprocess kernel
 
@@ -57,13 +57,15 @@ def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, s_ob, s_oh, s_on, s_db, s_dh, s_d
 
 @triton.jit
 def _recompute(a, phi, dist, lse, alpha, amp_scale, phase_log2_scale, FAST: tl.constexpr):
-    """From the raw dot products of a tile: (c, g_scale, P) with c = cos(psi), g_scale = -a*sin(psi)*w
-    (dS times it is G) and P = exp(a*c - lse). Everything else about the angle dies here, which keeps
-    the backward's register footprint small. lse = -inf (row kept no key) gives P = 0, not exp(+inf)."""
-    angle, w = phase_angle(phi, dist, alpha, phase_log2_scale, FAST)
+    """From the raw dot products of a tile: (c, g_scale, P) with c = cos(psi), g_scale = -a*sin(psi)*w/(2*pi)
+    (dS times it is G/(2*pi): w is taken in turns here, and the kernels multiply the phase gradients by
+    2*pi once, in their epilogues) and P = exp(a*c - lse). Everything else about the angle dies here,
+    which keeps the backward's register footprint small. lse = -inf (row kept no key) gives P = 0, not
+    exp(+inf)."""
+    turns, w_turns = phase_turns(phi, dist, alpha, phase_log2_scale, FAST)
     amp = a * amp_scale
-    c = tapa_cos(angle, FAST)
-    g_scale = -(amp * tapa_sin(angle, FAST)) * w
+    c = tapa_cos(turns, FAST)
+    g_scale = -(amp * tapa_sin(turns, FAST)) * w_turns
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
     return c, g_scale, tl.exp2(amp * c * LOG2E - lse2)
 
@@ -173,7 +175,7 @@ def _tapa_bwd_dkdv_kernel(
     dk_row = DK + b * s_dkb + hk * s_dkh + offs_n[:, None] * s_dkn
     tl.store(dk_row + cols_a[None, :], (dk_amp * amp_scale).to(DK.dtype.element_ty),
              mask=k_ok[:, None] & (cols_a[None, :] < D_AMP))
-    tl.store(dk_row + D_AMP + cols_p[None, :], dk_ph.to(DK.dtype.element_ty),
+    tl.store(dk_row + D_AMP + cols_p[None, :], (dk_ph * TWO_PI).to(DK.dtype.element_ty),
              mask=k_ok[:, None] & (cols_p[None, :] < D_PHASE))
     tl.store(DV + b * s_dvb + hk * s_dvh + offs_n[:, None] * s_dvn + cols_v[None, :],
              dv.to(DV.dtype.element_ty), mask=k_ok[:, None])
@@ -273,7 +275,7 @@ def _tapa_bwd_dq_kernel(
     dq_row = DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn
     tl.store(dq_row + cols_a[None, :], (dq_amp * amp_scale).to(DQ.dtype.element_ty),
              mask=q_ok[:, None] & (cols_a[None, :] < D_AMP))
-    tl.store(dq_row + D_AMP + cols_p[None, :], dq_ph.to(DQ.dtype.element_ty),
+    tl.store(dq_row + D_AMP + cols_p[None, :], (dq_ph * TWO_PI).to(DQ.dtype.element_ty),
              mask=q_ok[:, None] & (cols_p[None, :] < D_PHASE))
 
 

@@ -7,7 +7,7 @@ for causal self-attention that is everything left of the diagonal), masked block
 diagonal band and the key tail). Fully masked blocks are never loaded.
 
 Per tile: two tl.dot of width d_amp (amplitude) and d_phase (phase; a row-sum for the linear phase),
-the phase angle 2*pi*|m-n|^alpha*phi, cos, and an exp2-based online softmax (log2(e) folded into the
+the phase |m-n|^alpha*phi in turns, cos of 2*pi times it, and an exp2-based online softmax (log2(e) folded into the
 amplitude scale). Accumulation is fp32; P is cast to V's dtype for the P.V product, as in
 FlashAttention.
 """
@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .tapa_triton_args import KernelConfig, Problem
 from .tapa_triton_jit import (LN2, LOG2E, keep_mask, load_ids, load_split, masked_load, own_block,
-                              phase_angle, rel_float, rel_ids, stage_range, tapa_cos)
+                              phase_turns, rel_float, rel_ids, stage_range, tapa_cos)
 
 SCAN_BLOCKS = 16  # key blocks whose position bounds one visit_range step reads
 
@@ -54,8 +54,8 @@ def _fwd_tiles(acc, m_i, l_i, q_amp, q_ph, q_sum, q_pos, q_seg,
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
         k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS, MASKED)
         dist = tl.abs(q_pos.to(tl.float32)[:, None] - rel_float(k_ids, pos_base)[None, :])
-        angle, _ = phase_angle(phi, dist, alpha, phase_log2_scale, FAST)
-        s = (a * amp_scale_log2) * tapa_cos(angle, FAST)  # (BM, BN) logits in log2 units
+        turns, _ = phase_turns(phi, dist, alpha, phase_log2_scale, FAST)
+        s = (a * amp_scale_log2) * tapa_cos(turns, FAST)  # (BM, BN) logits in log2 units
         if MASKED:
             k_pos = rel_ids(k_ids, pos_base)
             k_seg = rel_ids(load_ids(kseg_ptr, offs_n, k_ok, HAS_SEG), seg_base)

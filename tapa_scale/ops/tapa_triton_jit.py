@@ -5,9 +5,10 @@ so a wrong helper fails on its own rather than inside an attention diff. Kernels
 tapa_triton_fwd.py and tapa_triton_bwd.py; the math they implement is tapa_reference.py's.
 
 Switches are constexpr flags. FAST selects the GPU fast path (PTX `cos.approx` / `sin.approx` /
-`lg2.approx` / `ex2.approx` through inline asm); FAST=False is the interpreter-safe twin (tl.cos, tl.sin,
-tl.log2, tl.exp2: libdevice on a GPU). Both twins reduce the phase angle to [-pi, pi] first, so the
-interpreter tests exercise the same range reduction the GPU fast path relies on.
+`lg2.approx` / `ex2.approx` / `cvt.rni` through inline asm); FAST=False is the interpreter-safe twin
+(tl.cos, tl.sin, tl.log2, tl.exp2, tl.floor: libdevice on a GPU). The phase is carried in turns
+(1 turn = 2*pi rad) and both twins reduce it to an angle in [-pi, pi] the same way, so the
+interpreter tests exercise the range reduction the GPU fast path relies on.
 """
 from __future__ import annotations
 
@@ -18,13 +19,7 @@ import triton.language as tl
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
-INV_TWO_PI: tl.constexpr = tl.constexpr(1.0 / (2.0 * math.pi))
-# Cody-Waite split of 2*pi. HI and MID carry 8 significant bits each, so k*HI and k*MID are exact in
-# fp32 for |k| < 2**16 (|angle| < ~4.1e5) and x - k*HI is exact (Sterbenz). LO is the fp32 rounding of
-# the remainder; its error times k stays below 1e-8. Works with or without FMA contraction.
-TWO_PI_HI: tl.constexpr = tl.constexpr(6.28125)                       # 201 / 32
-TWO_PI_MID: tl.constexpr = tl.constexpr(253.0 / 128.0 / 1024.0)       # 0.00193023681640625
-TWO_PI_LO: tl.constexpr = tl.constexpr(2.0 * math.pi - 6.28125 - 253.0 / 128.0 / 1024.0)
+TWO_PI: tl.constexpr = tl.constexpr(2.0 * math.pi)
 # Sentinels for min/max over masked position/segment ids (int64).
 ID_BIG: tl.constexpr = tl.constexpr(2**62)
 
@@ -33,12 +28,25 @@ ID_BIG: tl.constexpr = tl.constexpr(2**62)
 # transcendental twins
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def reduce_two_pi(x):
-    """x - 2*pi*round(x / 2*pi) in fp32: an angle in [-pi, pi] (to ~2 ulp of pi) for |x| < ~4.1e5."""
-    k = tl.floor(x * INV_TWO_PI + 0.5)
-    r = x - k * TWO_PI_HI
-    r = r - k * TWO_PI_MID
-    return r - k * TWO_PI_LO
+def _rint_approx(x):
+    return tl.inline_asm_elementwise("cvt.rni.f32.f32 $0, $1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def reduce_turns(t, FAST: tl.constexpr):
+    """A phase t in turns (1 turn = 2*pi rad) as an angle in [-pi, pi] rad: 2*pi * (t - round(t)).
+
+    t - round(t) is exact in fp32 (Sterbenz) for |t| < 2**22 turns (2.6e7 rad), so the one rounding is
+    the final product with 2*pi: at most ulp(pi)/2 = 1.2e-7 rad. Working in turns costs a round and a
+    subtraction, where a Cody-Waite reduction of radians needs four multiply-adds. FAST rounds half to
+    even (cvt.rni), the interpreter-safe twin rounds half up (floor(t + 0.5), also exact): either
+    remainder lies in [-0.5, 0.5]."""
+    if FAST:
+        k = _rint_approx(t)
+    else:
+        k = tl.floor(t + 0.5)
+    return (t - k) * TWO_PI
 
 
 @triton.jit
@@ -66,9 +74,9 @@ def _exp2_approx(x):
 
 
 @triton.jit
-def tapa_cos(x, FAST: tl.constexpr):
-    """cos(x) for fp32 x of any size the fp32 phase can hold (see reduce_two_pi)."""
-    r = reduce_two_pi(x)
+def tapa_cos(t, FAST: tl.constexpr):
+    """cos(2*pi*t) for a phase t in turns, |t| < 2**22 (see reduce_turns)."""
+    r = reduce_turns(t, FAST)
     if FAST:
         # cos.approx.f32 is accurate to ~2^-20.5 absolute only on a bounded range: reduce first.
         y = _cos_approx(r)
@@ -78,9 +86,9 @@ def tapa_cos(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def tapa_sin(x, FAST: tl.constexpr):
-    """sin(x), same reduction and twins as tapa_cos (the backward needs both)."""
-    r = reduce_two_pi(x)
+def tapa_sin(t, FAST: tl.constexpr):
+    """sin(2*pi*t), same reduction and twins as tapa_cos (the backward needs both)."""
+    r = reduce_turns(t, FAST)
     if FAST:
         y = _sin_approx(r)
     else:
@@ -93,7 +101,7 @@ def scaled_pow(dist, alpha, log2_scale, FAST: tl.constexpr):
     """scale * dist**alpha for dist >= 0 (0 at dist == 0, alpha > 0); log2_scale = log2(scale).
 
     Written as exp2(alpha*log2(dist) + log2_scale): no `**` on tensors in Triton, and the constant
-    2*pi/sqrt(d_phase) of the phase angle folds into the exponent for free.
+    1/sqrt(d_phase) of the phase folds into the exponent for free.
     """
     if FAST:
         # lg2.approx(+0) = -inf and ex2.approx(-inf) = +0 (PTX ISA): dist = 0 gives 0 with no select,
@@ -174,8 +182,9 @@ def masked_load(ptrs, mask_a, mask_b, USE_A: tl.constexpr, USE_B: tl.constexpr):
 
 
 @triton.jit
-def phase_angle(phi, dist, alpha, phase_log2_scale, FAST: tl.constexpr):
-    """(angle, w) with w = 2*pi*dist**alpha/sqrt(d_phase) and angle = w * phi_raw (phi_raw unscaled)."""
+def phase_turns(phi, dist, alpha, phase_log2_scale, FAST: tl.constexpr):
+    """(t, w): the phase in turns t = w * phi_raw (phi_raw = q_P.k_P unscaled), w = dist**alpha/sqrt(d_phase)
+    (phase_log2_scale = log2(1/sqrt(d_phase))); the angle of TAPA.md's cos is 2*pi*t."""
     w = scaled_pow(dist, alpha, phase_log2_scale, FAST)
     return phi * w, w
 
