@@ -23,11 +23,11 @@ Block skipping uses per-block min/max of positions and segment ids: exact for mo
 masking correct for any. A row that keeps no key gets out 0 and lse -inf.
 
 Numerics: scores, softmax and accumulation in fp32; P and dS are cast to the input dtype for their
-tensor-core products (as FlashAttention does). The phase angle psi is formed in fp32 from fp32 dot
-products, then reduced to [-pi, pi] by a three-constant Cody-Waite reduction (error ~5e-7 for
-|psi| < 4.1e5) before cos/sin; on GPU the reduced angle goes to PTX cos.approx/sin.approx (~2^-20.5
-absolute on [-pi, pi]). Beyond the reduction, fp32 itself limits |psi| accuracy to ulp(psi)/2 (the
-reference shares that limit). Set TAPA_TRITON_COS=accurate to use libdevice cos/sin on GPU instead.
+tensor-core products (as FlashAttention does). The phase is formed in fp32 from fp32 dot products,
+in turns (psi / 2*pi), and reduced exactly to [-pi, pi] as 2*pi*(t - round(t)) (exact for |psi| < 2.6e7;
+~2e-7 absolute after the product with 2*pi) before cos/sin; on GPU the reduced angle goes to PTX
+cos.approx/sin.approx (~2^-20.5 absolute on [-pi, pi]). Beyond that, fp32 itself limits the phase to
+ulp(psi)/2 (the reference shares that limit). TAPA_TRITON_COS=accurate uses libdevice cos/sin instead.
 docs/kernel.md has the measured error table and the GPU results (H100/H200) once measured.
 
 Tested in the Triton interpreter (fp32/fp16) on CPU, and on GPU by tools/gpu_checks.sh.
