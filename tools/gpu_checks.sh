@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks of the fused TAPA kernel, in one run of about 8 minutes on one H100/H200.
-# Needs only python with torch + triton (pytest optional). Writes JSON and logs under $OUT (default
-# ./gpu_out), in order of priority, each step capped so the whole run ends by the deadline:
+# Needs only python with torch + triton (pytest optional). Writes JSON and logs into a work folder, in
+# order of priority, each step capped so the whole run ends by the deadline:
 #   env.txt            GPU, driver, python/torch/triton versions
 #   tests_gpu.json     GPU-only correctness tests: bf16/fp16 vs the reference, fast cos/sin/pow accuracy,
 #                      large phase angles through the fast path
@@ -11,11 +11,16 @@
 #   sweep.json         tile configurations per kernel at 16k (best ones go into default_configs)
 #   tests_all.json     every test of tests/ops/test_tapa_triton.py compiled on the GPU, if time is left
 #   summary.txt        step timings, pass/fail counts and speed ratios
+# After every step $OUT (default ./gpu_out) gets gpu_checks.tar.gz (the whole work folder) and copies of
+# summary.txt, env.txt, tests_gpu.json, numerics.json, bench.json and sweep.json: 7 files at most,
+# so that a run cut short still leaves everything it measured, and a copy-back limited to a few files
+# loses nothing.
 # Usage: bash tools/gpu_checks.sh     (GPU_CHECKS_SECONDS=470 sets the deadline, SHARDS=4 the parallel
 # test processes: Triton compiles one kernel at a time per process, and compiling dominates the tests)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-./gpu_out}"
+RES="$(mktemp -d "${TMPDIR:-/tmp}/gpu_checks.XXXXXX")"
 mkdir -p "$OUT"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 SHARDS="${SHARDS:-4}"
@@ -23,7 +28,17 @@ START=$(date +%s)
 DEADLINE=$((START + ${GPU_CHECKS_SECONDS:-470}))
 export PYTHONUNBUFFERED=1
 
-note() { echo "[$(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
+note() { echo "[$(date +%T)] $*" | tee -a "$RES/summary.txt"; }
+
+# pack: the work folder as one archive in $OUT, and the key files beside it.
+pack() {
+    tar czf "$OUT/gpu_checks.tar.gz" -C "$RES" . 2>/dev/null
+    local f
+    for f in summary.txt env.txt tests_gpu.json numerics.json bench.json sweep.json; do
+        [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"
+    done
+    return 0
+}
 
 # budget CAP MIN: seconds this step may use (CAP, or less near the deadline); empty if under MIN left.
 budget() {
@@ -32,16 +47,17 @@ budget() {
     echo $(($1 < left ? $1 : left))
 }
 
-# step NAME CAP MIN CMD...: one command, stdout+stderr in $OUT/NAME.log.
+# step NAME CAP MIN CMD...: one command, stdout+stderr in the work folder's NAME.log.
 step() {
     local name=$1 secs
     secs=$(budget "$2" "$3")
     shift 3
     [ -z "$secs" ] && { note "skip $name (deadline)"; return; }
     note "$name (cap ${secs}s)"
-    timeout --kill-after=10 "$secs" "$@" >"$OUT/$name.log" 2>&1
+    timeout --kill-after=10 "$secs" "$@" >"$RES/$name.log" 2>&1
     local rc=$?
     note "$name exit $rc$( ((rc == 124 || rc == 137)) && echo ' (timed out)')"
+    pack
 }
 
 # sharded NAME CAP MIN ARGS...: the test runner in $SHARDS parallel processes, merged into NAME.json.
@@ -54,12 +70,13 @@ sharded() {
     local pids=()
     for ((k = 0; k < SHARDS; k++)); do
         timeout --kill-after=10 "$secs" "$PY" -m tests.ops.test_tapa_triton "$@" --shard "$k/$SHARDS" \
-            --json "$OUT/$name.$k.json" >"$OUT/$name.$k.log" 2>&1 &
+            --json "$RES/$name.$k.json" >"$RES/$name.$k.log" 2>&1 &
         pids+=($!)
     done
     for k in "${pids[@]}"; do wait "$k"; done
     note "$name done"
-    "$PY" -c "$MERGE" "$OUT" "$name" "$SHARDS" | tee -a "$OUT/summary.txt"
+    "$PY" -c "$MERGE" "$RES" "$name" "$SHARDS" | tee -a "$RES/summary.txt"
+    pack
 }
 
 read -r -d '' MERGE <<'PYEOF'
@@ -77,23 +94,24 @@ for t in failed:
     print("  failed", t)
 PYEOF
 
-: >"$OUT/summary.txt"
+: >"$RES/summary.txt"
 {
     nvidia-smi || true
     "$PY" -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('triton', triton.__version__); print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
     "$PY" -c "import pytest; print('pytest', pytest.__version__)" 2>/dev/null || echo "pytest absent"
-} >"$OUT/env.txt" 2>&1
+} >"$RES/env.txt" 2>&1
 
 sharded tests_gpu 150 30 --gpu-only
-step numerics 60 20 "$PY" -m tests.ops.test_tapa_triton --numerics "$OUT/numerics.json"
-step bench 200 60 "$PY" tools/bench_attention.py --max-seconds 170 --json "$OUT/bench.json"
+step numerics 60 20 "$PY" -m tests.ops.test_tapa_triton --numerics "$RES/numerics.json"
+step bench 200 60 "$PY" tools/bench_attention.py --max-seconds 170 --json "$RES/bench.json"
 step bench_cos 60 30 "$PY" tools/bench_attention.py --lengths 16384 --methods tapa_triton,tapa_triton_accurate_cos \
-    --max-seconds 50 --json "$OUT/bench_cos.json"
-step sweep 100 45 "$PY" tools/bench_attention.py --sweep --lengths 16384 --max-seconds 85 --json "$OUT/sweep.json"
+    --max-seconds 50 --json "$RES/bench_cos.json"
+step sweep 100 45 "$PY" tools/bench_attention.py --sweep --lengths 16384 --max-seconds 85 --json "$RES/sweep.json"
 sharded tests_all 200 45
 
 {
     echo "--- elapsed $(($(date +%s) - START))s"
-    [ -f "$OUT/bench.log" ] && grep -h 'tapa_triton /' "$OUT/bench.log"
-    [ -f "$OUT/sweep.log" ] && grep -h '^best' "$OUT/sweep.log"
-} | tee -a "$OUT/summary.txt"
+    [ -f "$RES/bench.log" ] && grep -h 'tapa_triton /' "$RES/bench.log"
+    [ -f "$RES/sweep.log" ] && grep -h '^best' "$RES/sweep.log"
+} | tee -a "$RES/summary.txt"
+pack
