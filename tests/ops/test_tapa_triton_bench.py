@@ -79,3 +79,27 @@ def test_cells_run_and_record_errors_on_cpu(bench, monkeypatch):
     rows[4].update(status="ok", ms=2.0, attn_ms=1.5)
     (ratio,) = bench.ratios(rows[:1] + rows[4:5])
     assert ratio["speed_ratio"] == 2.0 and ratio["speed_ratio_vs_attn_only"] == 1.5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs for real, for minutes")
+def test_gpu_checks_script_leaves_few_files_and_keeps_partial_results(tmp_path):
+    """tools/gpu_checks.sh with a deadline too short for the benchmark: it must still end cleanly, say
+    what it skipped, and leave in $OUT at most 7 files (the device copies back 8), with every log and
+    result of the steps that ran inside the archive. Would catch a step that writes straight into
+    $OUT (dozens of shard files, most of them then lost) or a shell error that ends the run early."""
+    import subprocess
+    import tarfile
+
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), GPU_CHECKS_SECONDS="40", SHARDS="2", PYTHON=sys.executable,
+               TMPDIR=str(tmp_path))
+    run = subprocess.run(["bash", "tools/gpu_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 7 and "gpu_checks.tar.gz" in files and "summary.txt" in files, files
+    with tarfile.open(out / "gpu_checks.tar.gz") as tar:
+        packed = {m.name.removeprefix("./") for m in tar.getmembers()}
+    assert {"env.txt", "numerics.json", "numerics.log", "tests_gpu.0.log", "summary.txt"} <= packed, packed
+    summary = (out / "summary.txt").read_text()
+    assert "skip bench (deadline)" in summary and "numerics exit 0" in summary, summary
