@@ -6,7 +6,7 @@ delta = rowsum(O*dO) (minus dlse when the LSE itself receives a gradient) and dS
 
     dV   = P^T dO
     dq_A = (dS*c) k_A / sqrt(d_amp)           dk_A = (dS*c)^T q_A / sqrt(d_amp)
-    G    = -dS*a*s*w      (the kernels carry w in turns, w/(2*pi), and multiply dq_P, dk_P by 2*pi at the end)
+    G    = -dS*a*s*w      (the kernels carry w in turns, w/(2*pi), and the sign and 2*pi go to the epilogues)
     quadratic: dq_P = G k_P,  dk_P = G^T q_P
     linear:    dq_P = rowsum(G) in every phase column, dk_P = colsum(G) likewise
 
@@ -57,17 +57,17 @@ def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, s_ob, s_oh, s_on, s_db, s_dh, s_d
 
 @triton.jit
 def _recompute(a, phi, dist, lse, alpha, amp_scale, phase_log2_scale, FAST: tl.constexpr):
-    """From the raw dot products of a tile: (c, g_scale, P) with c = cos(psi), g_scale = -a*sin(psi)*w/(2*pi)
-    (dS times it is G/(2*pi): w is taken in turns here, and the kernels multiply the phase gradients by
-    2*pi once, in their epilogues) and P = exp(a*c - lse). Everything else about the angle dies here,
-    which keeps the backward's register footprint small. lse = -inf (row kept no key) gives P = 0, not
-    exp(+inf)."""
+    """From the raw dot products of a tile: (c, g_scale, P) with c = cos(psi), P = exp(a*c - lse) and
+    g_scale = a_raw*sin(psi)*w/(2*pi), where a_raw = q_A.k_A unscaled: dS times it is
+    -G/(2*pi*amp_scale). w is taken in turns here, and the sign, 2*pi and the amplitude scale go to the
+    kernels' epilogues, once per output element instead of once per tile element. Everything else
+    about the angle dies here, which keeps the backward's register footprint small. lse = -inf (row
+    kept no key) gives P = 0, not exp(+inf)."""
     turns, w_turns = phase_turns(phi, dist, alpha, phase_log2_scale, FAST)
-    amp = a * amp_scale
     c = tapa_cos(turns, FAST)
-    g_scale = -(amp * tapa_sin(turns, FAST)) * w_turns
+    g_scale = (a * tapa_sin(turns, FAST)) * w_turns
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
-    return c, g_scale, tl.exp2(amp * c * LOG2E - lse2)
+    return c, g_scale, tl.exp2((a * c) * (amp_scale * LOG2E) - lse2)
 
 
 @triton.jit
@@ -175,7 +175,7 @@ def _tapa_bwd_dkdv_kernel(
     dk_row = DK + b * s_dkb + hk * s_dkh + offs_n[:, None] * s_dkn
     tl.store(dk_row + cols_a[None, :], (dk_amp * amp_scale).to(DK.dtype.element_ty),
              mask=k_ok[:, None] & (cols_a[None, :] < D_AMP))
-    tl.store(dk_row + D_AMP + cols_p[None, :], (dk_ph * TWO_PI).to(DK.dtype.element_ty),
+    tl.store(dk_row + D_AMP + cols_p[None, :], (dk_ph * (-TWO_PI * amp_scale)).to(DK.dtype.element_ty),
              mask=k_ok[:, None] & (cols_p[None, :] < D_PHASE))
     tl.store(DV + b * s_dvb + hk * s_dvh + offs_n[:, None] * s_dvn + cols_v[None, :],
              dv.to(DV.dtype.element_ty), mask=k_ok[:, None])
@@ -275,7 +275,7 @@ def _tapa_bwd_dq_kernel(
     dq_row = DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn
     tl.store(dq_row + cols_a[None, :], (dq_amp * amp_scale).to(DQ.dtype.element_ty),
              mask=q_ok[:, None] & (cols_a[None, :] < D_AMP))
-    tl.store(dq_row + D_AMP + cols_p[None, :], (dq_ph * TWO_PI).to(DQ.dtype.element_ty),
+    tl.store(dq_row + D_AMP + cols_p[None, :], (dq_ph * (-TWO_PI * amp_scale)).to(DQ.dtype.element_ty),
              mask=q_ok[:, None] & (cols_p[None, :] < D_PHASE))
 
 

@@ -55,17 +55,19 @@ def _fwd_tiles(acc, m_i, l_i, q_amp, q_ph, q_sum, q_pos, q_seg,
         k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS, MASKED)
         dist = tl.abs(q_pos.to(tl.float32)[:, None] - rel_float(k_ids, pos_base)[None, :])
         turns, _ = phase_turns(phi, dist, alpha, phase_log2_scale, FAST)
-        s = (a * amp_scale_log2) * tapa_cos(turns, FAST)  # (BM, BN) logits in log2 units
+        # (BM, BN) logits before their scale: the scale (amp_scale_log2 > 0, log2 units) commutes with the
+        # row max and fuses with the shift into one multiply-add per element
+        x = a * tapa_cos(turns, FAST)
         if MASKED:
             k_pos = rel_ids(k_ids, pos_base)
             k_seg = rel_ids(load_ids(kseg_ptr, offs_n, k_ok, HAS_SEG), seg_base)
             keep = keep_mask(q_pos[:, None], k_pos[None, :], q_seg[:, None], k_seg[None, :],
                              k_ok[None, :], CAUSAL, HAS_SEG)
-            s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+            x = tl.where(keep, x, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(x, 1) * amp_scale_log2)
         # A row with nothing kept yet has m_new = -inf: shift by 0 so p = 0 and no inf - inf appears.
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_shift[:, None])
+        p = tl.exp2(x * amp_scale_log2 - m_shift[:, None])
         corr = tl.exp2(m_i - m_shift)
         l_i = l_i * corr + tl.sum(p, 1)
         v = masked_load(v_ptr + offs_n[:, None] * s_vn + cols_v[None, :], k_ok[:, None], k_ok[:, None],
