@@ -61,8 +61,10 @@ def default_configs(device: torch.device, dtype: torch.dtype = torch.bfloat16) -
         small = KernelConfig(32, 32, 4, 1)
         return Configs(small, small, small)
     if dtype == torch.float32:
-        return Configs(fwd=KernelConfig(64, 32, 8, 2), dkdv=KernelConfig(32, 32, 8, 2), dq=KernelConfig(64, 32, 8, 2))
-    return Configs(fwd=KernelConfig(128, 64, 8, 3), dkdv=KernelConfig(32, 128, 8, 2), dq=KernelConfig(128, 64, 8, 2))
+        return Configs(fwd=KernelConfig(64, 32, 8, 2), dkdv=KernelConfig(32, 32, 8, 2),
+                       dq=KernelConfig(64, 32, 8, 2))
+    return Configs(fwd=KernelConfig(128, 64, 8, 3), dkdv=KernelConfig(32, 128, 8, 2),
+                   dq=KernelConfig(128, 64, 8, 2))
 
 
 def _env_config(name: str, base: KernelConfig) -> KernelConfig:

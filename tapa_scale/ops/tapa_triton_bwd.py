@@ -30,8 +30,8 @@ import triton.language as tl
 
 from .tapa_triton_args import Configs, Problem
 from .tapa_triton_fwd import SCAN_BLOCKS, check_grid, strides3
-from .tapa_triton_jit import (LOG2E, TWO_PI, keep_mask, load_ids, load_split, masked_load, own_block,
-                              phase_turns, rel_float, rel_ids, stage_range, tapa_cos, tapa_sin)
+from .tapa_triton_jit import (LOG2E, TWO_PI, distance, keep_mask, load_ids, load_split, masked_load,
+                              own_block, phase_turns, rel_float, rel_ids, stage_range, tapa_cos, tapa_sin)
 
 DELTA_BLOCK = 64  # rows per program of the preprocess kernel
 
@@ -101,7 +101,7 @@ def _dkdv_tiles(dk_amp, dk_ph, dv, k_amp, k_ph, k_sum, v, k_pos, k_seg,
         else:
             phi = tl.dot(k_ph, q_ph, input_precision=PREC)
         q_ids = load_ids(qpos_ptr, offs_m, q_ok, HAS_QPOS, MASKED)
-        dist = tl.abs(k_pos.to(tl.float32)[:, None] - rel_float(q_ids, pos_base)[None, :])
+        dist = distance(rel_float(q_ids, pos_base)[None, :], k_pos.to(tl.float32)[:, None], CAUSAL, MASKED)
         c, g_scale, p = _recompute(a, phi, dist, masked_load(lse_ptr + offs_m, q_ok, q_ok, MASKED, False)[None, :],
                                    alpha, amp_scale, phase_log2_scale, FAST)
         if MASKED:
@@ -207,7 +207,7 @@ def _dq_tiles(dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_pos, q_seg,
         else:
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
         k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS, MASKED)
-        dist = tl.abs(q_pos.to(tl.float32)[:, None] - rel_float(k_ids, pos_base)[None, :])
+        dist = distance(q_pos.to(tl.float32)[:, None], rel_float(k_ids, pos_base)[None, :], CAUSAL, MASKED)
         c, g_scale, p = _recompute(a, phi, dist, lse[:, None], alpha, amp_scale, phase_log2_scale, FAST)
         if MASKED:
             k_pos = rel_ids(k_ids, pos_base)

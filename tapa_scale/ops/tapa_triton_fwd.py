@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .tapa_triton_args import KernelConfig, Problem
-from .tapa_triton_jit import (LN2, LOG2E, keep_mask, load_ids, load_split, masked_load, own_block,
-                              phase_turns, rel_float, rel_ids, stage_range, tapa_cos)
+from .tapa_triton_jit import (LN2, LOG2E, distance, keep_mask, load_ids, load_split, masked_load,
+                              own_block, phase_turns, rel_float, rel_ids, stage_range, tapa_cos)
 
 SCAN_BLOCKS = 16  # key blocks whose position bounds one visit_range step reads
 
@@ -53,7 +53,7 @@ def _fwd_tiles(acc, m_i, l_i, q_amp, q_ph, q_sum, q_pos, q_seg,
         else:
             phi = tl.dot(q_ph, k_ph, input_precision=PREC)
         k_ids = load_ids(kpos_ptr, offs_n, k_ok, HAS_KPOS, MASKED)
-        dist = tl.abs(q_pos.to(tl.float32)[:, None] - rel_float(k_ids, pos_base)[None, :])
+        dist = distance(q_pos.to(tl.float32)[:, None], rel_float(k_ids, pos_base)[None, :], CAUSAL, MASKED)
         turns, _ = phase_turns(phi, dist, alpha, phase_log2_scale, FAST)
         # (BM, BN) logits before their scale: the scale (amp_scale_log2 > 0, log2 units) commutes with the
         # row max and fuses with the shift into one multiply-add per element

@@ -147,6 +147,16 @@ def rel_float(ids, base):
 
 
 @triton.jit
+def distance(q_pos, k_pos, CAUSAL: tl.constexpr, MASKED: tl.constexpr):
+    """|q_pos - k_pos| in fp32 (broadcast). A causal tile visited without masks has every k_pos <= q_pos
+    (visit_range), so there the abs, one instruction per element, is left out."""
+    d = q_pos - k_pos
+    if MASKED or not CAUSAL:
+        d = tl.abs(d)
+    return d
+
+
+@triton.jit
 def id_bounds(ids, valid):
     """(min, max) of ids over valid entries along the last axis (sentinels where nothing is valid)."""
     lo = tl.min(tl.where(valid, ids, ID_BIG), axis=len(ids.shape) - 1)

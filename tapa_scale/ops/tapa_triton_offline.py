@@ -190,8 +190,9 @@ def hot_loop(kernel: str, variant: Variant, config: KernelConfig, arch: int = 90
     clocks = dict(issue=len(body) / per_thread / ISSUE_PER_CLK,
                   mufu=ops.get("MUFU", 0) / per_thread / MUFU_PER_CLK,
                   tensor=flops / (config.block_m * config.block_n) / TENSOR_FLOP_PER_CLK)
+    local = per_elt.get("LDL", 0) + per_elt.get("STL", 0)
     return dict(compiled, elements_per_thread=per_thread, instructions=round(len(body) / per_thread, 2),
-                mufu=per_elt.get("MUFU", 0.0), local_memory=round(per_elt.get("LDL", 0) + per_elt.get("STL", 0), 2),
+                mufu=per_elt.get("MUFU", 0.0), local_memory=round(local, 2),
                 tensor_flops=flops / (config.block_m * config.block_n),
                 clocks={k: round(v, 4) for k, v in clocks.items()}, bound=max(clocks, key=clocks.get),
                 ops=dict(sorted(per_elt.items(), key=lambda kv: -kv[1])))
