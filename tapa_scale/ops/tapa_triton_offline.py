@@ -49,7 +49,8 @@ class Variant:
     fast: bool = True    # PTX cos.approx & co.; False is TAPA_TRITON_COS=accurate (libdevice)
 
 
-# Every compile-time switch, each at least once; the first is the model's default path.
+# Every compile-time switch, each at least once. The first is how the benchmark calls the kernel, the
+# second how the model does (it always passes positions, and segment ids for packed documents).
 VARIANTS = {
     "bf16_d128": Variant(),
     "bf16_d128_ids": Variant(ids=True),
