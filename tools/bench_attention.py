@@ -218,39 +218,31 @@ def sweep(args, deadline):
 def ptxas_report(args):
     """No GPU needed: compile offline for sm_<arch>a (tapa_triton_offline) and report registers, spill bytes
     and shared memory: with --sweep, each tile candidate at --head-dim (bf16) with its hot loop's
-    instruction mix; else the default tiles of every compile-time variant, and the hot loops of the
-    bf16 defaults with the ceiling they imply."""
+    instruction mix; else the default tiles of every compile-time variant, with the hot loops of the
+    bf16 D = 128 ones and the ceiling they imply."""
     import triton
 
     from tapa_scale.ops.tapa_triton import KernelConfig
-    from tapa_scale.ops.tapa_triton_args import default_configs
     from tapa_scale.ops.tapa_triton_offline import VARIANTS, Variant, compile_kernels, hot_loop, model_ceiling
 
     result = dict(arch=args.arch, triton=triton.__version__)
-    variant = Variant(head_dim=args.head_dim)
     if args.sweep:
-        rows = []
+        variant, rows = Variant(head_dim=args.head_dim), []
         for kernel, candidates in SWEEP.items():
             for cand in candidates:
                 rows.append(hot_loop(kernel, variant, KernelConfig(*cand), args.arch))
                 print({k: v for k, v in rows[-1].items() if k != "ops"}, flush=True)
         return dict(result, head_dim=args.head_dim, rows=rows)
-    result["variants"] = {}
+    result.update(variants={}, hot_loop={}, model_ceiling={})
     for name, v in VARIANTS.items():
-        result["variants"][name] = rows = compile_kernels(v, arch=args.arch)
+        with_loops = name in ("bf16_d128", "bf16_d128_ids")  # as the benchmark calls it; as the model does
+        result["variants"][name] = rows = compile_kernels(v, arch=args.arch, loops=with_loops)
         for r in rows:
-            print(name, r, flush=True)
-    defaults = default_configs(torch.device("cuda"), variant.dtype)
-    result.update(hot_loop={}, model_ceiling={})
-    for name in ("bf16_d128", "bf16_d128_ids"):  # as the benchmark calls it; as the model does (positions)
-        v = VARIANTS[name]
-        result["hot_loop"][name] = loops = {k: hot_loop(k, v, getattr(defaults, k), args.arch)
-                                            for k in ("fwd", "dkdv", "dq")}
-        result["model_ceiling"][name] = model_ceiling(loops, v.head_dim)
-        for k, r in loops.items():
-            print(f"{name} hot loop {k} {r['config']}: {r['instructions']} instructions, {r['mufu']} MUFU per "
-                  f"tile element; clocks/element {r['clocks']} -> {r['bound']}-bound")
-        print(f"{name} model ceiling (fraction of dense tensor peak):", result["model_ceiling"][name])
+            print(name, {k: x for k, x in r.items() if k != "ops"}, flush=True)
+        if with_loops:
+            loops = result["hot_loop"][name] = {r["kernel"]: r for r in rows if "clocks" in r}
+            result["model_ceiling"][name] = model_ceiling(loops, v.head_dim)
+            print(f"{name} model ceiling (fraction of dense tensor peak):", result["model_ceiling"][name])
     return result
 
 

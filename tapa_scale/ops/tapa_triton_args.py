@@ -48,14 +48,14 @@ def default_configs(device: torch.device, dtype: torch.dtype = torch.bfloat16) -
     register spills on sm_90a (tools/bench_attention.py --ptxas) but not yet timed. 8 warps for every
     head dim and dtype: the elementwise temporaries of a (BM, BN) tile (pow, cos, sin, masks) do not
     shrink with D, and with 4 warps the forward and dQ kernels spill 0.7-2.7 kB per thread at D = 16/32
-    in bf16/fp16 and 2-3 kB at D = 64 in fp32 (0-60 bytes with 8).
-    With 8 warps (two warpgroups) a kernel's own rows must number 128 (block_m for the forward and dQ,
-    block_n for dK/dV): with 64 the warpgroups split the tile's columns, and each then recomputes the
-    whole P tile (pow, cos, sin, exp) for the next product, which doubled the dK/dV loop's MUFU work
-    and raised its instructions per tile element from 52 to 108 (tapa_triton_offline.hot_loop).
-    fp32 inputs (IEEE dots, for tests and debugging) take small tiles: their
-    operands need twice the shared memory. tools/bench_attention.py --sweep times the alternatives;
-    docs/kernel.md records what was chosen and on which GPU.
+    in bf16/fp16 and 2-3 kB at D = 64 in fp32 (0-60 bytes with 8). With 8 warps (two warpgroups) a
+    kernel's own rows must number 128 (block_m for the forward and dQ, block_n for dK/dV): with 64 the
+    warpgroups split the tile's columns, and each then recomputes the whole P tile (pow, cos, sin, exp)
+    for the next product, which doubled the dK/dV loop's MUFU work and raised its instructions per
+    tile element from 52 to 108 (tapa_triton_offline.hot_loop). fp32 inputs (IEEE dots, for tests and
+    debugging) take small tiles: their operands need twice the shared memory.
+    tools/bench_attention.py --sweep times the alternatives; docs/kernel.md records what was chosen
+    and on which GPU.
     """
     if device.type != "cuda" or interpreting():
         small = KernelConfig(32, 32, 4, 1)

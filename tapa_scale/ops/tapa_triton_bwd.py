@@ -267,8 +267,8 @@ def _tapa_bwd_dq_kernel(
         start, stop = stage_range(stage, lo, full_lo, full_hi, hi)
         dq_amp, dq_ph = _dq_tiles(
             dq_amp, dq_ph, q_amp, q_ph, q_sum, do, lse, delta, q_pos, q_seg,
-            k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, pos_base, seg_base, start * BLOCK_N, stop * BLOCK_N, Nk,
-            alpha, amp_scale, phase_log2_scale,
+            k_ptr, v_ptr, kpos_ptr, kseg_ptr, s_kn, s_vn, pos_base, seg_base, start * BLOCK_N, stop * BLOCK_N,
+            Nk, alpha, amp_scale, phase_log2_scale,
             BLOCK_N, HEAD_DIM, D_AMP, D_PHASE, PA, PP, CAUSAL, LINEAR, HAS_KPOS, HAS_SEG, FAST, PREC,
             stage != 1)
 

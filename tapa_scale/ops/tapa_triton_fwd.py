@@ -7,8 +7,8 @@ for causal self-attention that is everything left of the diagonal), masked block
 diagonal band and the key tail). Fully masked blocks are never loaded.
 
 Per tile: two tl.dot of width d_amp (amplitude) and d_phase (phase; a row-sum for the linear phase),
-the phase |m-n|^alpha*phi in turns, cos of 2*pi times it, and an exp2-based online softmax (log2(e) folded into the
-amplitude scale). Accumulation is fp32; P is cast to V's dtype for the P.V product, as in
+the phase |m-n|^alpha*phi in turns, cos of 2*pi times it, and an exp2-based online softmax (log2(e)
+folded into the amplitude scale). Accumulation is fp32; P is cast to V's dtype for the P.V product, as in
 FlashAttention.
 """
 from __future__ import annotations

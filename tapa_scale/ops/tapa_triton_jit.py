@@ -289,7 +289,8 @@ def load_split(rows, ok, D_AMP: tl.constexpr, D_PHASE: tl.constexpr, PA: tl.cons
     cols_a = tl.arange(0, PA)
     cols_p = tl.arange(0, PP)
     amp = masked_load(rows + cols_a[None, :], ok[:, None], cols_a[None, :] < D_AMP, True, PA != D_AMP)
-    ph = masked_load(rows + D_AMP + cols_p[None, :], ok[:, None], cols_p[None, :] < D_PHASE, True, PP != D_PHASE)
+    ph = masked_load(rows + D_AMP + cols_p[None, :], ok[:, None], cols_p[None, :] < D_PHASE, True,
+                     PP != D_PHASE)
     return amp, ph
 
 

@@ -97,13 +97,14 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[Optional[int], Optional[int]]:
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "k.ptx").write_text(ptx)
-        log = subprocess.run([str(ptxas), "-v", f"--gpu-name=sm_{arch}a", f"{tmp}/k.ptx", "-o", f"{tmp}/k.cubin"],
-                             capture_output=True, text=True).stderr
+        log = subprocess.run([str(ptxas), "-v", f"--gpu-name=sm_{arch}a", f"{tmp}/k.ptx", "-o",
+                              f"{tmp}/k.cubin"], capture_output=True, text=True).stderr
     regs, spill = re.search(r"Used (\d+) registers", log), re.search(r"(\d+) bytes spill stores", log)
     return (int(regs.group(1)) if regs else None), (int(spill.group(1)) if spill else None)
 
 
-def compile_one(kernel: str, variant: Variant, config: KernelConfig, arch: int = 90, keep: bool = False) -> dict:
+def compile_one(kernel: str, variant: Variant, config: KernelConfig, arch: int = 90,
+                keep: bool = False) -> dict:
     """Compile one kernel ('fwd', 'dkdv', 'dq' or 'delta') of `variant` with `config` for sm_<arch>a
     (keep: also return the cubin)."""
     import triton
@@ -131,10 +132,13 @@ def compile_one(kernel: str, variant: Variant, config: KernelConfig, arch: int =
     return dict(row, cubin=compiled.asm["cubin"]) if keep else row
 
 
-def compile_kernels(variant: Variant, configs: Optional[Configs] = None, arch: int = 90) -> list[dict]:
-    """Every kernel of `variant` with `configs` (default: what a CUDA launch would pick)."""
+def compile_kernels(variant: Variant, configs: Optional[Configs] = None, arch: int = 90,
+                    loops: bool = False) -> list[dict]:
+    """Every kernel of `variant` with `configs` (default: what a CUDA launch would pick); with `loops`,
+    the attention kernels' rows are hot_loop's (the same compile, plus the hot loop's mix)."""
     cfgs = configs or default_configs(torch.device("cuda"), variant.dtype)
-    rows = [compile_one(k, variant, getattr(cfgs, k), arch) for k in ("fwd", "dkdv", "dq")]
+    one = hot_loop if loops else compile_one
+    rows = [one(k, variant, getattr(cfgs, k), arch) for k in ("fwd", "dkdv", "dq")]
     delta = KernelConfig(0, 0, 4, 3)  # its launcher passes no warps/stages: triton's defaults
     return rows + [compile_one("delta", variant, delta, arch)]
 

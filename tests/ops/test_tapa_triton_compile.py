@@ -12,6 +12,7 @@ may have (the launch would fail on the GPU); and default tiles whose hot loops d
 64 own rows and 8 warps, each warpgroup recomputed the whole P tile (pow, cos, sin, exp) and the
 dK/dV loop ran 10 MUFU operations and 1.5x the tensor-core FLOPs per tile element instead of 5 and 1x.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ptxas() -> Path:
-    spec = __import__("importlib.util").util.find_spec("triton")
+    spec = importlib.util.find_spec("triton")
     return Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 
