@@ -5,25 +5,28 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.tapa_scale_installed"
+py="$venv/bin/python"
+[ -x "$py" ] || py=python3  # the venv is made from this interpreter below, so its minor version is the same
+py_minor="$("$py" -c 'import sys; print(sys.version_info[1])')"
+# The exact set the suite is tested with, per Python minor version (3.11, 3.12); resolving the open
+# ranges of pyproject.toml from scratch makes pip backtrack for many minutes.
+lock="$root/launch/requirements-py3${py_minor}.lock"
 # The stamp records what was installed; a changed pyproject.toml, lock file or this script reinstalls.
-lock="$root/launch/requirements-py311.lock"
-want="$(cat "$root/pyproject.toml" "$root/launch/setup_env.sh" "$lock" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/pyproject.toml" "$root/launch/setup_env.sh" "$([ -f "$lock" ] && echo "$lock" || echo /dev/null)" \
+  | sha256sum | cut -d' ' -f1)"
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing into $venv (first run takes a few minutes)"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  py_minor="$("$venv/bin/python" -c 'import sys; print(sys.version_info[1])')"
-  if [ "$py_minor" -eq 11 ]; then
-    # The exact set the suite is tested with; resolving the open ranges of pyproject.toml from
-    # scratch makes pip backtrack for many minutes.
+  if [ -f "$lock" ]; then
     "$venv/bin/python" -m pip install -q -r "$lock"
     "$venv/bin/python" -m pip install -q --no-deps -e "$root"
   else
-    # torch and torchvision are named together in one command: mosaicml-streaming imports torchvision,
-    # and a torchvision built for another torch fails at import. megatron-core 0.17+ needs Python >= 3.12.
-    if [ "$py_minor" -lt 12 ]; then mcore="megatron-core==0.16.*"; else mcore="megatron-core>=0.16"; fi
-    "$venv/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 "$mcore" -e "$root[test]"
+    # No lock for this Python: torch and torchvision are named together in one command (mosaicml-streaming
+    # imports torchvision, and a torchvision built for another torch fails at import); megatron-core is
+    # the version parallel/cpu_compat.py was tested with (it refuses others on CPU).
+    "$venv/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 megatron-core==0.16.1 -e "$root[test]"
   fi
   echo "$want" > "$stamp"
 fi

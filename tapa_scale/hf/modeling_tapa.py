@@ -5,8 +5,8 @@ torch and transformers. It restates, compactly, the attention scores tapa_scale 
 statements it is tested against are tapa_scale/ops/tapa_reference.py (TAPA) and tapa_scale/ops/rope.py
 (the RoPE family), and tests/hf/ checks logits against the training model.
 
-TAPA (Wang et al., arXiv 2509.12635): split each head into amplitude dims (the first round(theta*D)) and
-phase dims (the rest);
+TAPA (Wang et al., arXiv 2509.12635): split each head into amplitude dims (the first floor(theta*D + 1/2),
+tapa_split below) and phase dims (the rest);
     score(m, n) = (q_A.k_A / sqrt(d_amp)) * cos(2*pi * |pos_m - pos_n|^alpha * phi),
     phi = q_P.k_P / sqrt(d_phase) (quadratic) or (sum q_P + sum k_P) / sqrt(d_phase) (linear),
 then a causal softmax and the weighted sum of V. No rotary embedding, no other scale.
@@ -79,10 +79,19 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float64)
 
 
+def tapa_split(head_dim: int, theta: float) -> tuple:
+    """(d_amp, d_phase) with d_amp = floor(theta*D + 1/2): halves round up, not to even as round() does
+    (the rule of tapa_scale.ops.tapa_reference.tapa_split, restated here to keep this file standalone)."""
+    d_amp = math.floor(theta * head_dim + 0.5)
+    if not 0 < d_amp < head_dim:
+        raise ValueError(f"tapa_theta={theta} with head_dim={head_dim} gives {d_amp} amplitude and "
+                         f"{head_dim - d_amp} phase dims; both parts need at least one dim")
+    return d_amp, head_dim - d_amp
+
+
 def tapa_scores(q, k, distance, config: TapaLMConfig) -> torch.Tensor:
     """q (B, Hkv, G, C, D), k (B, Hkv, 1, Nk, D), distance (B, 1, 1, C, Nk) -> (B, Hkv, G, C, Nk)."""
-    d_amp = round(config.tapa_theta * q.shape[-1])
-    d_phase = q.shape[-1] - d_amp
+    d_amp, d_phase = tapa_split(q.shape[-1], config.tapa_theta)
     amplitude = q[..., :d_amp] @ k[..., :d_amp].transpose(-1, -2) / math.sqrt(d_amp)
     q_ph, k_ph = q[..., d_amp:], k[..., d_amp:]
     if config.tapa_phase == "quadratic":

@@ -1,10 +1,10 @@
 """The `model` section of the configuration: architecture sizes and the positional encoding."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..ops.attention import ENCODINGS, IMPLS, PositionalEncoding
-from ..ops.tapa_reference import PHASES
+from ..ops.tapa_reference import PHASES, tapa_amp_dims
 
 
 @dataclass
@@ -59,6 +59,27 @@ class ModelConfig:
                                   beta_fast=r.beta_fast, beta_slow=r.beta_slow)
 
 
+# Model keys that choose how the same function is computed, not which function: a run may resume
+# with another value (docs/checkpoints.md). Every other model key, init_std included (it records how
+# the saved weights were made), must stay.
+IMPLEMENTATION_KEYS = ("attention_impl",)
+
+
+def model_identity(m: ModelConfig, seq_len: int) -> dict:
+    """The model keys that define the function, flattened to dotted names, with defaults resolved
+    (0 = derived sizes, YaRN's original length 0 = seq_len): two configs describe the same model
+    exactly when these are equal."""
+    flat = {}
+    for key, value in asdict(m).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key not in IMPLEMENTATION_KEYS:
+            flat[key] = value
+    flat.update({"num_kv_heads": m.kv_heads, "ffn_hidden_size": m.ffn_size,
+                 "rope.original_length": m.rope.original_length or seq_len})
+    return flat
+
+
 def validate_model(m: ModelConfig) -> list[str]:
     """Problems with the model section, each naming its key, value and what is allowed."""
     errs = []
@@ -78,9 +99,10 @@ def validate_model(m: ModelConfig) -> list[str]:
     if not 0.0 < m.tapa.theta < 1.0:
         errs.append(f"model.tapa.theta={m.tapa.theta}: must lie strictly between 0 and 1")
     elif m.hidden_size % m.num_heads == 0:
-        d_amp = round(m.tapa.theta * m.head_dim)
+        d_amp = tapa_amp_dims(m.head_dim, m.tapa.theta)
         if m.pos_encoding == "tapa" and not 0 < d_amp < m.head_dim:
-            errs.append(f"model.tapa.theta={m.tapa.theta} leaves no amplitude or phase dims of head_dim={m.head_dim}")
+            errs.append(f"model.tapa.theta={m.tapa.theta} leaves no amplitude or phase dims of head_dim={m.head_dim} "
+                        f"(d_amp = floor(theta*head_dim + 1/2) = {d_amp}; both parts need at least one dim)")
     if not m.tapa.alpha > 0.0:
         errs.append(f"model.tapa.alpha={m.tapa.alpha}: must be > 0")
     if m.tapa.phase not in PHASES:

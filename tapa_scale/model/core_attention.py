@@ -10,7 +10,7 @@ sequence metadata; its qkv_format stays "sbhd" so megatron treats the batch as u
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -39,14 +39,19 @@ class CoreAttention(MegatronModule):
                  softmax_scale=None, cp_comm_type=None, pg_collection=None, *,
                  encoding: PositionalEncoding, impl: str = "auto", context_parallel=None):
         super().__init__(config=config)
-        self.encoding = encoding
+        # this rank holds query heads head_offset .. head_offset + H/tp - 1 of the model's H; ALiBi
+        # slopes are those of the global heads (the tp group comes from megatron's pg_collection)
+        tp = pg_collection.tp if pg_collection is not None else None
+        tp_rank, tp_size = (tp.rank(), tp.size()) if tp is not None else (0, 1)
+        self.encoding = replace(encoding, num_heads=config.num_attention_heads)
+        self.head_offset = tp_rank * (config.num_attention_heads // tp_size)
         self.impl = impl
         # context_parallel(q, k, v, attend, positions, segment_ids, attend_backward) -> out: set by
         # tapa_scale.parallel when parallel.cp > 1; the attention math itself never sees ranks.
         self.context_parallel = context_parallel
 
     def attend(self, q, k, v, **masks):
-        return attention(q, k, v, self.encoding, impl=self.impl, **masks)
+        return attention(q, k, v, self.encoding, impl=self.impl, head_offset=self.head_offset, **masks)
 
     def attend_backward(self, q, k, v, out, lse, dout, **masks):
         """Gradients of one key block given the ring's merged out/lse: the fused kernel's backward entry."""

@@ -7,6 +7,7 @@ positions, so a sequence shard or a packed document is scored as in the full seq
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -33,6 +34,7 @@ class PositionalEncoding:
     original_length: int = 0       # yarn: the context length the base model was trained at
     beta_fast: float = 32.0        # yarn ramp
     beta_slow: float = 1.0
+    num_heads: int = 0             # alibi: the model's query heads (0: the heads attention is given)
 
     def __post_init__(self):
         if self.kind not in ENCODINGS:
@@ -46,6 +48,15 @@ class PositionalEncoding:
             return rope.yarn_inv_freq(head_dim, self.rope_base, self.scale, self.original_length,
                                       self.beta_fast, self.beta_slow)
         return rope.rope_inv_freq(head_dim, self.rope_base)
+
+    def alibi_slopes(self, local_heads: int, head_offset: int = 0) -> torch.Tensor:
+        """Slopes of global heads head_offset .. head_offset + local_heads - 1: a tensor-parallel rank
+        holds a slice of the heads, and each keeps the slope it has in the whole model."""
+        total = self.num_heads or local_heads
+        if head_offset < 0 or head_offset + local_heads > total:
+            raise ValueError(f"head_offset={head_offset} with {local_heads} local heads: expected "
+                             f"0 <= head_offset <= {total - local_heads} (num_heads={total})")
+        return rope.alibi_slopes(total)[head_offset:head_offset + local_heads]
 
 
 def tapa_attention(q, k, v, *, alpha=0.1, theta=0.5, phase="quadratic", causal=True,
@@ -63,8 +74,28 @@ def tapa_attention(q, k, v, *, alpha=0.1, theta=0.5, phase="quadratic", causal=T
                   return_lse=return_lse)
     if resolve_impl(impl, q) == "triton":
         from .tapa_triton import tapa_attention_triton
+        _ran("triton")
         return tapa_attention_triton(q, k, v, **kwargs)
+    _ran("reference")
     return tapa_attention_reference(q, k, v, **kwargs)
+
+
+# What the latest attention call of this process ran, and the fallback reasons already reported. The
+# ops layer owns both; callers read them through last_attention_impl().
+_last_impl: Optional[str] = None
+_warned_reasons: set = set()
+
+
+def _ran(impl: str) -> None:
+    global _last_impl
+    _last_impl = impl
+
+
+def last_attention_impl() -> Optional[str]:
+    """What the latest attention call in this process ran: "triton" (the fused TAPA kernel),
+    "reference" (pure PyTorch, TAPA or a baseline) or "sdpa" (torch SDPA, baselines only); None before
+    any call. The training loop logs it in every metrics.jsonl record (key attention_impl)."""
+    return _last_impl
 
 
 def resolve_impl(impl: str, q: torch.Tensor) -> str:
@@ -73,18 +104,34 @@ def resolve_impl(impl: str, q: torch.Tensor) -> str:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
-    if q.is_cuda and triton_accepts(q):
+    return decide_auto_impl(q.is_cuda, triton_unavailable_reason(q) if q.is_cuda else None)
+
+
+def decide_auto_impl(device_is_cuda: bool, reason: Optional[str]) -> str:
+    """impl="auto": the kernel for CUDA inputs it supports (reason None), else the reference.
+
+    On CPU the reference is the intended path. On CUDA a fallback is slower and holds more memory
+    than the kernel, so it is reported: one warning per process and reason (dtype, head dim, triton
+    missing), not one per layer and step."""
+    if not device_is_cuda:
+        return "reference"
+    if reason is None:
         return "triton"
+    if reason not in _warned_reasons:
+        _warned_reasons.add(reason)
+        warnings.warn(f"TAPA attention on CUDA runs the PyTorch reference instead of the Triton kernel "
+                      f"(impl='auto'): {reason}", RuntimeWarning, stacklevel=2)
     return "reference"
 
 
-def triton_accepts(q: torch.Tensor) -> bool:
-    """Triton importable and the kernel supports q's dtype, head dim and device."""
+def triton_unavailable_reason(q: torch.Tensor) -> Optional[str]:
+    """None if Triton is importable and the kernel supports q's dtype, head dim and device, else why not."""
     try:
         from .tapa_triton import triton_unsupported_reason
-    except ImportError:
-        return False
-    return triton_unsupported_reason(q) is None
+    except ImportError as e:
+        return f"triton is not importable ({e})"
+    reason = triton_unsupported_reason(q)
+    return None if reason is None else f"the kernel does not support {reason}"
 
 
 def dot_product_scores(q, k, q_pos, k_pos, *, scale: float, slopes: Optional[torch.Tensor]):
@@ -103,8 +150,11 @@ def dot_product_scores(q, k, q_pos, k_pos, *, scale: float, slopes: Optional[tor
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: PositionalEncoding, *,
               causal: bool = True, q_positions=None, k_positions=None, q_segment_ids=None,
-              k_segment_ids=None, return_lse: bool = False, impl: str = "auto"):
+              k_segment_ids=None, return_lse: bool = False, impl: str = "auto", head_offset: int = 0):
     """Attention under any positional encoding. q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D).
+
+    head_offset: global index of q's first head (a tensor-parallel rank's share; ALiBi slopes are
+    per global head, see PositionalEncoding.num_heads).
 
     Positions and segment ids: (N,) or (B, N) integers (positions default to arange). Returns out
     (B, Hq, Nq, D) in q's dtype and, with return_lse, lse (B, Hq, Nq) float32 (natural log).
@@ -125,11 +175,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: Posit
         if encoding.kind == "yarn":
             scale *= rope.yarn_logit_scale(encoding.scale)
     elif encoding.kind == "alibi":
-        slopes = rope.alibi_slopes(q.shape[1])
+        slopes = encoding.alibi_slopes(q.shape[1], head_offset)
     if _sdpa_applies(q, k, impl, slopes, masks):
+        _ran("sdpa")
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
     score_fn = partial(dot_product_scores, scale=scale, slopes=slopes)
+    _ran("reference")
     return chunked_attention(q, k, v, score_fn, **masks)
 
 

@@ -2,7 +2,8 @@
 implementation (the fused Triton kernel, context parallelism, the Hugging Face export) is tested against.
 
 Token-Aware Phase Attention (Wang et al., arXiv 2509.12635, eq. 12). Each head vector of size D is split
-into an amplitude part (the first d_amp = round(theta*D) dims) and a phase part (the other d_phase dims):
+into an amplitude part (the first d_amp = floor(theta*D + 1/2) dims, see tapa_split) and a phase part
+(the other d_phase dims):
 
     score(m, n) = (q_A . k_A / sqrt(d_amp)) * cos(2*pi * |pos_q(m) - pos_k(n)|^alpha * phi(q, k))
 
@@ -31,14 +32,25 @@ from .chunked import chunked_attention
 PHASES = ("quadratic", "linear")
 
 
+def tapa_amp_dims(head_dim: int, theta: float) -> int:
+    """Amplitude dims of a head: floor(theta * head_dim + 1/2), theta*D rounded half up.
+
+    Halves round up (theta*D = 2.5 -> 3, 1.5 -> 2), unlike Python's round(), which sends them to the
+    even neighbour (2.5 -> 2, 1.5 -> 2), so that the split would grow unevenly with D. Every
+    implementation (kernel, Hugging Face export, config check) uses this rule; docs/tapa.md states it.
+    """
+    return math.floor(theta * head_dim + 0.5)
+
+
 def tapa_split(head_dim: int, theta: float) -> tuple[int, int]:
-    """(d_amp, d_phase): d_amp = round(theta * head_dim) amplitude dims, the rest phase dims."""
+    """(d_amp, d_phase): tapa_amp_dims amplitude dims, the rest phase dims; both must be non-empty."""
     if not 0.0 < theta < 1.0:
         raise ValueError(f"theta must lie in (0, 1), got {theta}")
-    d_amp = round(theta * head_dim)
+    d_amp = tapa_amp_dims(head_dim, theta)
     d_phase = head_dim - d_amp
     if d_amp <= 0 or d_phase <= 0:
-        raise ValueError(f"theta={theta} leaves no amplitude or no phase dims of head_dim={head_dim}")
+        raise ValueError(f"theta={theta} with head_dim={head_dim} gives {d_amp} amplitude and {d_phase} "
+                         f"phase dims; both parts need at least one dim (d_amp = floor(theta*D + 1/2))")
     return d_amp, d_phase
 
 

@@ -1,11 +1,11 @@
 """Fused TAPA attention in Triton: flash-style tiling, online softmax, O(N) memory, forward and backward.
 
 Computes exactly what `tapa_reference.tapa_attention_reference` computes (see that docstring and
-TAPA.md): score(m, n) = (q_A.k_A/sqrt(d_amp)) * cos(2*pi*|pos_q(m) - pos_k(n)|^alpha * phi), phi the
+docs/tapa.md): score(m, n) = (q_A.k_A/sqrt(d_amp)) * cos(2*pi*|pos_q(m) - pos_k(n)|^alpha * phi), phi the
 quadratic (q_P.k_P/sqrt(d_phase)) or linear ((sum q_P + sum k_P)/sqrt(d_phase)) phase, softmax over the
 kept keys (causal by global positions, equal segment ids), out = P.V, lse in natural log.
 
-Layers (STYLE.md section 3):
+Layers (one concern per file; docs/kernel.md, Layout):
     tapa_triton_jit.py    small @triton.jit helpers: cos/sin twins, range reduction, pow, masks, block skipping
     tapa_triton_fwd.py    forward kernel (O and LSE) and its launcher
     tapa_triton_bwd.py    backward preprocess, dK/dV and dQ kernels and their launcher

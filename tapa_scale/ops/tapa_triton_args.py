@@ -44,7 +44,7 @@ def interpreting() -> bool:
 def default_configs(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Configs:
     """Tile sizes per kernel. Interpreter: small tiles so short test sequences span several blocks.
 
-    GPU: starting points in the range DESIGN.md names (64-128 rows, 2-3 stages), screened offline for
+    GPU: starting points in the usual flash-attention range (64-128 rows, 2-3 stages), screened offline for
     register spills on sm_90a (tools/bench_attention.py --ptxas) but not yet timed. 8 warps for every
     head dim and dtype: the elementwise temporaries of a (BM, BN) tile (pow, cos, sin, masks) do not
     shrink with D, and with 4 warps the forward and dQ kernels spill 0.7-2.7 kB per thread at D = 16/32

@@ -194,7 +194,7 @@ def masked_load(ptrs, mask_a, mask_b, USE_A: tl.constexpr, USE_B: tl.constexpr):
 @triton.jit
 def phase_turns(phi, dist, alpha, phase_log2_scale, FAST: tl.constexpr):
     """(t, w): the phase in turns t = w * phi_raw (phi_raw = q_P.k_P unscaled), w = dist**alpha/sqrt(d_phase)
-    (phase_log2_scale = log2(1/sqrt(d_phase))); the angle of TAPA.md's cos is 2*pi*t."""
+    (phase_log2_scale = log2(1/sqrt(d_phase))); the angle of the score's cos (docs/tapa.md) is 2*pi*t."""
     w = scaled_pow(dist, alpha, phase_log2_scale, FAST)
     return phi * w, w
 

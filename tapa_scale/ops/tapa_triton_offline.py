@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from .tapa_reference import tapa_split
 from .tapa_triton_args import Configs, KernelConfig, Problem, default_configs
 from .tapa_triton_fwd import SCAN_BLOCKS
 
@@ -63,11 +64,11 @@ VARIANTS = {
 
 def problem_of(v: Variant) -> Problem:
     """A Problem with the variant's switches on meta tensors (shapes and dtypes only)."""
-    d_amp = round(v.theta * v.head_dim)
+    d_amp, d_phase = tapa_split(v.head_dim, v.theta)
     meta = torch.empty((1, 1, 1, v.head_dim), dtype=v.dtype, device="meta")
     ids = torch.empty((1, 1), dtype=torch.int64, device="meta") if v.ids else None
     return Problem(q=meta, k=meta, v=meta, q_pos=ids, k_pos=ids, q_seg=ids, k_seg=ids, d_amp=d_amp,
-                   d_phase=v.head_dim - d_amp, alpha=0.1, causal=v.causal, linear=v.linear, fast=v.fast)
+                   d_phase=d_phase, alpha=0.1, causal=v.causal, linear=v.linear, fast=v.fast)
 
 
 def _signature(fn, dtype: torch.dtype, constexprs: dict) -> dict:

@@ -1,21 +1,27 @@
 """Running megatron-core's tensor/sequence/pipeline parallel layers, schedules and DDP on CPU (gloo).
 
-megatron-core assumes CUDA in a few places that our CPU path reaches: buffers allocated on
-`torch.cuda.current_device()`, tensors created with `device="cuda"`, `torch.cuda.synchronize()` after
-point-to-point calls, the CUDA generator behind the model-parallel RNG tracker, and `Tensor.cuda()`
-when the tied output weight is copied to the last pipeline stage. Everything else (the math, the process groups, the collectives) is device-agnostic and runs on
-gloo unchanged. `enable()` is called explicitly by `init_groups` when the device is the CPU and never
-on GPU; it does not touch `torch` itself, only the name `torch` inside the megatron modules listed in
-`_MODULES` (each replaced by a view of torch whose CUDA device is the CPU), two RNG-state helpers and
-one method.
+megatron-core assumes CUDA in a few places that our CPU path reaches. `enable()` (called by `init_groups`
+when the device is the CPU) changes exactly these, and `disable()` / leaving `active()` puts them back:
 
-Written for and tested with the megatron-core versions in `TESTED_VERSIONS`; another version gets a
-warning naming both, and a patch whose target has moved fails with an error naming the patch.
+- the name `torch` in each module of `_MODULES` -> a view of torch whose `torch.cuda.current_device()` is
+  the CPU, whose `torch.cuda.synchronize()` is a no-op, whose CUDA generator calls are the CPU
+  generator's and whose zeros/empty/ones/tensor map device="cuda" to the CPU (the functions each module
+  needs it for are listed with it below). torch itself is not changed;
+- megatron.core.tensor_parallel.random._get_cuda_rng_state / _set_cuda_rng_state -> the CPU generator's
+  state (CudaRNGStatesTracker.fork, entered by sequence-parallel embeddings on every forward);
+- LanguageModule.setup_embeddings_and_output_layer -> the same method with `torch.Tensor.cuda` made the
+  identity for the duration of the call (the tied output weight is moved with `weight.data.cuda()`
+  with pipeline parallelism); `torch.Tensor.cuda` is restored when the call returns.
+
+It refuses to switch on in a process that has initialised CUDA (the patched modules would put that
+process's GPU buffers on the CPU), and refuses a megatron-core version other than `TESTED_VERSIONS`
+with one line naming both; a patch whose target has moved fails with an error naming the patch.
 """
 from __future__ import annotations
 
 import functools
 import importlib
+import contextlib
 import types
 import warnings
 
@@ -132,25 +138,49 @@ def _set_cpu_rng_state(new_state: torch.Tensor, device=-1, graph_safe: bool = Fa
     torch.set_rng_state(new_state)
 
 
-def check_version() -> str:
-    """megatron-core's version; warns once when it is not one this module was tested with."""
+def check_version(strict: bool = False) -> str:
+    """megatron-core's version. Not one of TESTED_VERSIONS: with `strict` (the layer is about to switch
+    on) a RuntimeError naming both; otherwise a warning, once per process."""
     import megatron.core
 
     version = megatron.core.__version__
     if version not in TESTED_VERSIONS:
-        warnings.warn(f"tapa_scale.parallel.cpu_compat was written for megatron-core "
-                      f"{', '.join(TESTED_VERSIONS)} and meets {version}: CPU runs of tensor/pipeline/"
-                      f"context parallel layouts may fail or differ; check the patches in this module",
-                      RuntimeWarning, stacklevel=2)
+        msg = (f"tapa_scale.parallel.cpu_compat was written for megatron-core {', '.join(TESTED_VERSIONS)} "
+               f"and meets {version}")
+        if strict:
+            raise RuntimeError(f"{msg}: refusing to patch it for CPU runs; install megatron-core=="
+                               f"{TESTED_VERSIONS[-1]} (launch/requirements-py3*.lock) or review the patches")
+        warnings.warn(f"{msg}: CPU runs of tensor/pipeline/context parallel layouts may fail or differ; "
+                      f"check the patches in this module", RuntimeWarning, stacklevel=2)
     return version
 
 
+_saved: list = []  # (owner, attribute, original value) in the order applied, for disable()
+
+
+def _swap(owner, name: str, value) -> None:
+    _saved.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, value)
+
+
 def enable() -> None:
-    """Apply the CPU patches (idempotent). Only call this when the device is the CPU."""
+    """Apply the CPU patches (idempotent). Only for a process whose device is the CPU."""
     global _enabled
     if _enabled:
         return
-    check_version()
+    if torch.cuda.is_initialized():
+        raise RuntimeError("cpu_compat: this process has initialised CUDA; the CPU patches would move its "
+                           "megatron buffers off the GPU, so they are not applied (use device=cpu only)")
+    check_version(strict=True)
+    try:
+        _apply()
+    except BaseException:
+        disable()
+        raise
+    _enabled = True
+
+
+def _apply() -> None:
     for name in _MODULES:
         try:
             module = importlib.import_module(name)
@@ -159,17 +189,36 @@ def enable() -> None:
                                f"version is not supported on CPU") from None
         if getattr(module, "torch", None) is not torch:
             raise RuntimeError(f"cpu_compat: {name} no longer imports torch as `torch`; patch needs review")
-        module.torch = _CPU_TORCH
+        _swap(module, "torch", _CPU_TORCH)
     from megatron.core.tensor_parallel import random as tp_random
     for name, replacement in (("_get_cuda_rng_state", _get_cpu_rng_state), ("_set_cuda_rng_state", _set_cpu_rng_state)):
         if not callable(getattr(tp_random, name, None)):
             raise RuntimeError(f"cpu_compat: megatron.core.tensor_parallel.random.{name} not found; patch needs review")
-        setattr(tp_random, name, replacement)
+        _swap(tp_random, name, replacement)
     from megatron.core.models.common.language_module.language_module import LanguageModule
     setup = LanguageModule.setup_embeddings_and_output_layer
-    if not getattr(setup, "_tapa_cpu_compat", False):
-        LanguageModule.setup_embeddings_and_output_layer = _tensor_cuda_is_identity(setup)
-    _enabled = True
+    _swap(LanguageModule, "setup_embeddings_and_output_layer", _tensor_cuda_is_identity(setup))
+
+
+def disable() -> None:
+    """Undo every patch enable() applied, newest first (idempotent)."""
+    global _enabled
+    while _saved:
+        owner, name, original = _saved.pop()
+        setattr(owner, name, original)
+    _enabled = False
+
+
+@contextlib.contextmanager
+def active():
+    """The CPU patches for the duration of a `with` block (left as they were if already enabled)."""
+    was = _enabled
+    enable()
+    try:
+        yield
+    finally:
+        if not was:
+            disable()
 
 
 def is_enabled() -> bool:

@@ -25,9 +25,11 @@ def build_chunks(model_cfg, pcfg: ParallelConfig, groups: Groups, *, vocab_size:
                  dtype: torch.dtype = torch.float32, seed: int = 0) -> list[torch.nn.Module]:
     """This rank's model chunks (GPTModel, on groups.device), first virtual stage first.
 
-    Weights are initialised on the CPU from the global torch RNG (megatron's use_cpu_initialization):
-    with the same seed, tensor-parallel ranks take slices of the same full matrices and data/context
-    parallel replicas are identical (DDP broadcasts them anyway)."""
+    Weights are a function of `seed` and the model alone, the same in every layout: each part (the
+    embedding, each decoder layer by its global index, an untied output layer) is drawn on the CPU from
+    a generator seeded by (seed, its name) (tapa_scale.model.gpt.drawing), tensor-parallel ranks
+    taking slices of the same full matrices (megatron's use_cpu_initialization). A stage draws only its
+    own layers. The global RNG is left as it was."""
     from megatron.core import parallel_state as mpu
 
     from ..model import build_model, transformer_config
@@ -47,7 +49,7 @@ def build_chunks(model_cfg, pcfg: ParallelConfig, groups: Groups, *, vocab_size:
             model_cfg, vocab_size=vocab_size, seq_len=seq_len, config=config,
             pre_process=mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
             post_process=mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
-            context_parallel=hook, vp_stage=stage).to(groups.device))
+            context_parallel=hook, vp_stage=stage, init_seed=seed).to(groups.device))
     _seed_rng_tracker(seed)
     return chunks
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..config import Config, ConfigError, to_yaml
+from ..ops import last_attention_impl
 from ..parallel import destroy_groups, init_groups
 from ..parallel.reshard import load_full_state_dict
 from . import checkpoint as ckpt
@@ -86,7 +87,8 @@ def _train(cfg: Config, run) -> dict:
             if step % t.log_every == 0 or last or guard.skipped_last or (t.eval_every and step % t.eval_every == 0):
                 record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
                           "tokens_per_s": tokens_per_step * steps_timed / step_seconds,
-                          "skipped_steps": state["skipped_steps"]}
+                          "skipped_steps": state["skipped_steps"],
+                          "attention_impl": last_attention_impl()}  # what ran, after any fallback
                 if last or (t.eval_every and step % t.eval_every == 0):
                     record["val_loss"] = evaluate(run, t.eval_batches)
                 logger.log(record)

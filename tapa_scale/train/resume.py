@@ -4,7 +4,8 @@
 
 What may change between save and resume (docs/checkpoints.md): the parallel layout (tp, pp, cp, dp,
 vpp, sequence_parallel — megatron reshards the tensors; the data cursor is a global sample count),
-the number of steps, logging/eval/checkpoint cadence. What may not: the model section, the dataset,
+the number of steps, logging/eval/checkpoint cadence, implementation-only model keys
+(model.attention_impl). What may not: the rest of the model section (compared resolved), the dataset,
 data.seq_len, the seed, the optimizer kind (torch AdamW vs megatron's distributed optimizer): those are
 refused in one line before training starts. RNG states are restored only into the same layout (same
 world size and tp/pp/cp): after a layout change every rank keeps its freshly seeded generators.
@@ -17,7 +18,11 @@ from typing import Optional
 import torch.distributed as dist
 import yaml
 
-from ..config import ConfigError, to_yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..config import Config, ConfigError
+from ..model.config import model_identity
 from . import checkpoint as ckpt
 from .saver import chunks_of as _chunks, layout_of, next_batch_fingerprint
 from .sharded import DIST, RNG, load_rng, load_sharded
@@ -31,16 +36,63 @@ def _broadcast(value):
     return box[0]
 
 
+def _typed(cfg_yaml: str, where: Path) -> Config:
+    """A saved config.yaml as the schema types it (keys added since it was written get defaults)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), yaml.safe_load(cfg_yaml)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}/config.yaml: {str(e).splitlines()[0]}") from None
+
+
 def check_compatible(saved_cfg_yaml: str, cfg, where: Path) -> None:
-    """Refuse, in one line, a resume that changes what cannot be resharded or continued."""
-    saved = yaml.safe_load(saved_cfg_yaml)
-    now = yaml.safe_load(to_yaml(cfg))
-    for section, keys in (("model", None), ("data", ("seq_len",)), ("train", ("seed",))):
-        a, b = saved.get(section, {}), now.get(section, {})
-        for key in (keys or sorted(set(a) | set(b))):
-            if a.get(key) != b.get(key):
-                raise ConfigError(f"{where}: cannot resume with {section}.{key}={b.get(key)!r}; the checkpoint "
-                                  f"was written with {a.get(key)!r} (see docs/checkpoints.md, resume rules)")
+    """Refuse, in one line, a resume that changes what cannot be resharded or continued. Model keys
+    are compared resolved (0 = derived sizes, YaRN's original length); implementation-only keys
+    (model.attention_impl) may change."""
+    saved = _typed(saved_cfg_yaml, where)
+    pairs = [(f"model.{k}", v, model_identity(cfg.model, cfg.data.seq_len).get(k))
+             for k, v in model_identity(saved.model, saved.data.seq_len).items()]
+    pairs += [("data.seq_len", saved.data.seq_len, cfg.data.seq_len), ("train.seed", saved.train.seed, cfg.train.seed)]
+    for key, old, new in pairs:
+        if old != new:
+            raise ConfigError(f"{where}: cannot resume with {key}={new!r}; the checkpoint "
+                              f"was written with {old!r} (see docs/checkpoints.md, resume rules)")
+
+
+def resolve_original_length(cfg, is_main: bool) -> None:
+    """Fix YaRN's original length (model.rope.original_length, 0 = unset) once, before the model is
+    built: the value of the checkpoint this run continues (its own, else train.init_from's), else
+    this first run's data.seq_len. Without it a later stage at a longer data.seq_len would silently
+    move the frequencies. Collective; the resolved value goes into config.yaml of run and checkpoints."""
+    rope = cfg.model.rope
+    if rope.original_length:
+        return
+    length, error = None, None
+    if is_main:
+        try:
+            length = cfg.data.seq_len
+            source = _continued_checkpoint(cfg)
+            if source is not None and (source / "config.yaml").is_file():
+                saved = _typed((source / "config.yaml").read_text(), source)
+                length = saved.model.rope.original_length or saved.data.seq_len
+        except ConfigError as e:  # every rank raises the same line instead of waiting in the broadcast
+            error = str(e)
+    length, error = _broadcast((length, error))
+    if error:
+        raise ConfigError(error)
+    rope.original_length = length
+
+
+def _continued_checkpoint(cfg) -> Optional[Path]:
+    run_dir, t = Path(cfg.run.dir), cfg.train
+    if t.resume_from >= 0 and (ckpt.checkpoint_dir(run_dir, t.resume_from) / ckpt.MARKER).exists():
+        return ckpt.checkpoint_dir(run_dir, t.resume_from)
+    own = ckpt.latest_checkpoint(run_dir)
+    if own is not None or not t.init_from:
+        return own
+    try:
+        return ckpt.resolve_checkpoint(t.init_from)
+    except FileNotFoundError:
+        return None  # start-up names the missing checkpoint when it loads it
 
 
 def resume(run, cfg, report=ckpt.warn) -> tuple[dict, Optional[Path], bool]:

@@ -14,6 +14,7 @@ from ..data import build_loader, ensure_dataset, load_tokenizer
 from ..parallel import Groups, validate_parallel
 from ..parallel.parallelize import build_chunks, parallelize, trainable_params, unwrap
 from .optim import build_optimizer
+from .resume import resolve_original_length
 
 
 @dataclass
@@ -95,6 +96,7 @@ def build_run(cfg: Config, groups: Groups) -> Run:
     global_batch = t.global_batch_size or t.micro_batch_size * groups.dp_size
     accumulation = global_batch // (t.micro_batch_size * groups.dp_size)
     check_layout(cfg, groups, accumulation)
+    resolve_original_length(cfg, groups.is_main)  # before the model is built and config.yaml is written
     train_loader, val_loader, tokenizer = build_data(cfg, groups)
     vocab = cfg.model.vocab_size or len(tokenizer)
     if vocab % groups.tp:  # megatron splits the embedding and output rows evenly over tensor-parallel ranks

@@ -21,16 +21,20 @@ def test_spans_tile_every_position_once(n, window, stride):
 
 
 def test_nll_matches_brute_force_with_context_dependent_model():
-    """A fake model whose NLL for a token is 1 / (1 + context seen inside its window)."""
+    """A fake model whose NLL for a token is label / (1 + context seen inside its window). The brute
+    force asks, token by token, which window scores it: the first one (windows start every `stride`)
+    that still contains it; its context is its distance from that window's start. Would catch a token
+    scored twice or skipped at a seam, context counted from the wrong place, labels shifted wrongly."""
     def loss_fn(x, y):
-        return (1.0 / torch.arange(1, x.shape[1] + 1, dtype=torch.float64)).expand(x.shape[0], -1)
-    ids = torch.arange(50)
+        return y.double() / torch.arange(1, x.shape[1] + 1, dtype=torch.float64)
+    ids = torch.arange(50) * 7 % 11 + 1  # labels vary, so a shifted label changes the total
     window, stride = 8, 3
     total, count = sliding_window_nll(loss_fn, ids, window, stride, batch_size=3)
-    want, prev_end = 0.0, 0
-    for b, e, s in window_spans(49, window, stride):
-        want += sum(1.0 / (1 + j) for j in range(e - b - s, e - b))
-    assert count == 49 and total == pytest.approx(want)
+    want = 0.0
+    for t in range(len(ids) - 1):  # input position t predicts ids[t + 1]
+        begin = next(b for b in range(0, t + 1, stride) if b + window > t)
+        want += ids[t + 1].item() / (1 + t - begin)
+    assert count == len(ids) - 1 and total == pytest.approx(want, rel=1e-12)
 
 
 def test_eval_tool_on_a_checkpoint(trained_run, tmp_path):

@@ -88,10 +88,6 @@ def test_llama_with_unsupported_rope_scaling_is_refused(tmp_path):
 
 def test_training_continues_from_an_import(tapa_ckpt, tmp_path):
     """A converted (weights-only) checkpoint starts a new run: `train.init_from` loads its weights."""
-    from tapa_scale.train.config import TrainConfig
-
-    if not hasattr(TrainConfig(), "init_from"):
-        pytest.skip("train.init_from (weights-only initialisation) is not in the training loop yet")
     out = import_from_hf(export_to_hf(tapa_ckpt, tmp_path / "hf"), tmp_path / "ckpt")
     run = tmp_path / "run"
     run_tool("-m", "tapa_scale.train", "--config", str(out / "config.yaml"), f"run.dir={run}",

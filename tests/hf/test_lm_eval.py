@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import lm_eval.utils as lm_eval_utils  # a pinned test dependency (pyproject [test]): a missing one must fail
 import pytest
 import torch
 
@@ -12,7 +13,6 @@ from tapa_scale.hf.export import export_to_hf
 from tapa_scale.hf.lm_eval_task import CONTINUE_TASK, PPL_TASK, write_tasks
 from tests.hf.conftest import clean_env, native_model, run_tool
 
-lm_eval_utils = pytest.importorskip("lm_eval.utils", reason="lm-eval is not installed (pip install 'lm-eval[hf]')")
 
 MAX_LENGTH = 64  # the export's max_position_embeddings, which the harness takes as its window
 

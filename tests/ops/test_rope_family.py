@@ -67,6 +67,24 @@ def test_alibi_attention_adds_linear_distance_bias():
     torch.testing.assert_close(attention(q, k, v, PositionalEncoding("alibi")), naive(q, k, v, bias))
 
 
+def test_alibi_heads_of_a_tensor_parallel_rank_keep_their_global_slopes():
+    """Catches slopes taken from the local head count: under TP=2 a rank holding heads 2..3 of 4 must
+    use slopes 2^(-8*3/4), 2^(-8*4/4) (those of global heads 2, 3), not the 2-head model's 2^-4, 2^-8."""
+    torch.manual_seed(0)
+    H, n = 4, 9
+    q, k, v = (torch.randn(1, H, n, 8, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(n)
+    slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)], dtype=torch.float64)
+    want = naive(q, k, v, -slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs())
+    enc = PositionalEncoding("alibi", num_heads=H)
+    for offset in (0, 2):
+        local = slice(offset, offset + 2)
+        got = attention(q[:, local], k[:, local], v[:, local], enc, head_offset=offset)
+        torch.testing.assert_close(got, want[:, local])
+    with pytest.raises(ValueError, match="head_offset"):
+        attention(q[:, :2], k[:, :2], v[:, :2], enc, head_offset=3)
+
+
 def test_nope_is_plain_causal_attention_and_rope_rotates_first():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 11, 8, dtype=torch.float64) for _ in range(3))

@@ -6,21 +6,26 @@ sequences, the inline-asm fast cos). Without pytest (the GPU machine may lack it
 `python -m tests.ops.test_tapa_triton [--gpu-only] [--json FILE] [--shard K/N]`; tools/gpu_checks.sh
 does, in parallel shards so that kernel compilation uses several CPU cores.
 
-Tolerances:
-- fp32: |kernel - reference| <= 1e-4 * max(1, max|reference|). Both sum the same fp32 products in a
-  different order (~N * 2^-24 relative), and the phase derivative multiplies rounding by 2*pi*d^alpha*|a|,
-  so gradients reach ~50 on random inputs: 1e-4 of the largest entry covers the order change with margin.
-- fp16 / bf16: |kernel - exact| <= 2 * |reference_in_same_dtype - exact| + eps(dtype)/4 * max(1, max|exact|),
-  exact = the reference in fp64 on the same rounded inputs (flash-attention's rule, plus a floor of a
-  quarter ulp at 1.0 for entries the reference happens to round exactly).
+Tolerances: every entry of out, lse, dq, dk, dv must satisfy |kernel - exact| <= atol + rtol * |exact|
+(torch.testing.assert_close), exact = the reference in fp64 on the same (rounded) inputs, with
+rtol = R * eps(dtype) and atol = R * eps(dtype) * rms(exact): an absolute term at the tensor's typical
+size, not its largest entry, so an error confined to small entries fails. R per output (`TOL_UNITS`):
+- fp32: twice the fp32 reference's own largest error (plain PyTorch, same dtype, measured over the cases
+  here: out/dv <= 191, dq/dk <= 542 eps units; the kernel: <= 269 and <= 423). The phase derivative
+  multiplies rounding by 2*pi*d^alpha*|a|, so dq/dk (alpha = 0.5 most) need more than out/dv.
+- fp16 / bf16: the reference computes in fp32 and rounds once (<= 0.42 units measured); the kernel also
+  rounds p and dS to the input dtype for its tensor-core products, each term by <= eps/2, which sums to
+  ~eps * rms: measured <= 0.76 (out), 1.36 (dv), 2.93 (dq/dk) units at fp16; R is about twice that.
+  bf16 (GPU-only cases) takes the same R: these errors scale with eps(dtype).
+- lse is fp32 in every dtype: 5 fp32 units (fp32 reference <= 2, kernel <= 2.0 measured).
 """
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 import traceback
+import zlib
 from pathlib import Path
 
 import torch
@@ -71,36 +76,43 @@ def err(a, b) -> float:
     return d.abs().max().item() if d.numel() else 0.0
 
 
-def scale(t) -> float:
+def rms(t) -> float:
+    """Root mean square of the finite entries (the typical size that sets atol)."""
     t = t.detach().double()
     t = t[torch.isfinite(t)]
-    return max(1.0, t.abs().max().item()) if t.numel() else 1.0
+    return t.pow(2).mean().sqrt().item() if t.numel() else 0.0
 
 
 NAMES = ("out", "lse", "dq", "dk", "dv")
+# R of the module docstring, in units of eps(dtype) (lse: of eps(fp32), it is fp32 in every dtype)
+TOL_UNITS = {"fp32": dict(out=400, lse=5, dq=1100, dk=1100, dv=400),
+             "lowp": dict(out=1.5, lse=5, dq=6, dk=6, dv=3)}
+
+
+def assert_near(got, exact, dtype, names=NAMES):
+    """Elementwise |got - exact| <= R * eps * (rms(exact) + |exact|) per tensor; -inf entries and their
+    places must coincide (rows with no key), NaN fails."""
+    units = TOL_UNITS["fp32" if dtype == torch.float32 else "lowp"]
+    for name, a, e in zip(names, got, exact):
+        eps = torch.finfo(torch.float32 if name == "lse" else dtype).eps
+        rtol = units[name] * eps
+        torch.testing.assert_close(a.detach().double(), e.detach().double(), rtol=rtol, atol=rtol * rms(e),
+                                   msg=lambda m, name=name: f"{name} ({dtype}): {m}")
 
 
 def check_fp32(tensors, use_dlse=True, **kw):
+    """[out, lse, dq, dk, dv] of the kernel in fp32, checked against the fp64 reference."""
     got = run(TT.tapa_attention_triton, tensors, torch.float32, use_dlse, **kw)
-    want = run(reference, tensors, torch.float32, use_dlse, **kw)
-    for name, a, b in zip(NAMES, got, want):
-        assert err(a, b) <= 1e-4 * scale(b), f"{name}: err {err(a, b):.3g} scale {scale(b):.3g}"
+    assert_near(got, run(reference, tensors, torch.float64, use_dlse, **kw), torch.float32)
     return got
 
 
 def check_lowp(tensors, dtype, use_dlse=True, **kw):
-    """Kernel error vs fp64 at most twice the reference's own error in dtype, plus a small floor."""
+    """The kernel in fp16 / bf16 against the fp64 reference on the same rounded inputs."""
     rounded = [t.to(dtype).float() if i < 4 else t for i, t in enumerate(tensors)]
     got = run(TT.tapa_attention_triton, rounded, dtype, use_dlse, **kw)
-    ref_lowp = run(reference, rounded, dtype, use_dlse, **kw)
-    exact = run(reference, rounded, torch.float64, use_dlse, **kw)
-    floor = torch.finfo(dtype).eps / 4
-    report = {}
-    for name, a, r, e in zip(NAMES, got, ref_lowp, exact):
-        ka, kr = err(a, e), err(r, e)
-        report[name] = (ka, kr)
-        assert ka <= 2 * kr + floor * scale(e), f"{name}: kernel {ka:.3g} vs reference {kr:.3g} (scale {scale(e):.3g})"
-    return report
+    assert_near(got, run(reference, rounded, torch.float64, use_dlse, **kw), dtype)
+    return got
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -147,7 +159,7 @@ def test_fp32_matches_reference(name):
     """Forward, lse and dq/dk/dv (dout and dlse both nonzero) in fp32: tails, offsets, GQA, theta,
     phases, causal or not, segments, arbitrary positions."""
     case = FP32_CASES[name]
-    check_fp32(make(*case[:6], seed=hash(name) % 1000, theta=case[6]), **case_kwargs(case))
+    check_fp32(make(*case[:6], seed=zlib.crc32(name.encode()) % 1000, theta=case[6]), **case_kwargs(case))
 
 
 @parametrize("name", ["mha_tail_100", "gqa_offset37_linear", "packed_causal_theta25_gqa"])
@@ -178,7 +190,7 @@ def check_large_angles(B, Hq, Hkv, Nq, Nk, D, seed=5):
     exact = run(reference, tensors, torch.float64, **kw)
     for name, a, r, e in zip(NAMES, got, ref32, exact):
         err(a, e)  # same -inf pattern, no NaN
-        assert rms_err(a, e) <= 2.5 * rms_err(r, e) + 1e-6 * scale(e), (name, rms_err(a, e), rms_err(r, e))
+        assert rms_err(a, e) <= 2.5 * rms_err(r, e) + 1e-6 * rms(e), (name, rms_err(a, e), rms_err(r, e))
 
 
 def test_large_phase_arguments_fp32():
@@ -201,18 +213,17 @@ def test_fully_masked_rows_zero_out_and_minus_inf_lse():
     assert (dq[..., dead, :] == 0).all() and torch.isfinite(dk).all()
 
 
-def test_external_backward_equals_autograd_and_ring_merge():
-    """tapa_attention_triton_backward: (a) with the kernel's own out/lse it equals autograd; (b) two key
-    blocks run separately, merged by lse (ring attention), give the full attention's gradients."""
+def test_external_forward_backward_and_ring_merge():
+    """tapa_attention_triton_forward / _backward, the entries context parallelism calls, against the fp64
+    reference: (a) on the whole sequence; (b) as ring attention: two key blocks run separately with global
+    positions, merged by lse, and each block's backward given the merged out/lse. Would catch a backward
+    that needs its own forward's out/lse, a wrong lse (the merge weights), dq not summed over blocks."""
     B, Hq, Hkv, N, D = 1, 4, 2, 100, 32
     q, k, v, dout, _ = make(B, Hq, Hkv, N, N, D, seed=11)
     kw = dict(theta=0.5, phase="quadratic", causal=True)
-    full = run(TT.tapa_attention_triton, (q, k, v, dout, None), torch.float32, use_dlse=False, **kw)
+    exact = run(reference, (q, k, v, dout, None), torch.float64, use_dlse=False, **kw)
     out, lse = TT.tapa_attention_triton_forward(q, k, v, **kw)
-    assert err(out, full[0]) == 0 and err(lse, full[1]) == 0
-    grads = TT.tapa_attention_triton_backward(q, k, v, out, lse, dout, **kw)
-    for name, a, b in zip(NAMES[2:], grads, full[2:]):
-        assert err(a, b) <= 1e-6 * scale(b), name
+    assert_near([out, lse, *TT.tapa_attention_triton_backward(q, k, v, out, lse, dout, **kw)], exact, torch.float32)
     # ring: keys [0, 60) and [60, 100) as two blocks with global positions, merged by lse
     cut = 60
     qpos = torch.arange(N, device=DEVICE)
@@ -222,7 +233,6 @@ def test_external_backward_equals_autograd_and_ring_merge():
     lse_m = torch.logaddexp(*lses)
     w = [torch.exp(l - torch.where(torch.isinf(lse_m), 0.0, lse_m))[..., None] for l in lses]
     out_m = (w[0] * outs[0] + w[1] * outs[1]).to(q.dtype)
-    assert err(out_m, full[0]) <= 1e-5 and err(lse_m, full[1]) <= 1e-5
     dq = torch.zeros_like(q)
     dks, dvs = [], []
     for s, kp in parts:
@@ -231,8 +241,7 @@ def test_external_backward_equals_autograd_and_ring_merge():
         dq += gq
         dks.append(gk)
         dvs.append(gv)
-    for name, a, b in zip(NAMES[2:], (dq, torch.cat(dks, 2), torch.cat(dvs, 2)), full[2:]):
-        assert err(a, b) <= 1e-4 * scale(b), name
+    assert_near([out_m, lse_m, dq, torch.cat(dks, 2), torch.cat(dvs, 2)], exact, torch.float32)
 
 
 def test_strided_inputs_megatron_layout():

@@ -1,11 +1,13 @@
 """Rank script for test_parity.py: train a tiny model for a few steps in one or more parallel layouts
 and compare every rank's losses, gradients and final weights with a single-process reference.
 
-    parity_script.py OUT --reference              # one process: writes OUT/reference_{docs,plain}.*
+    parity_script.py OUT --reference [ENC ...]    # one process: writes OUT/reference_<tag>.*
     torchrun ... parity_script.py OUT tp2 pp2 ... # each layout in turn, in the same processes
 
 A layout is a dash-joined list: tp2, pp2, cp2, vpp2, sp (sequence parallel), ring (cp_comm=ring),
-plain (no packed documents: default positions); the data-parallel size is what the world leaves.
+plain (no packed documents: default positions), and a positional encoding (tapa when none is named:
+rope, pi, yarn, nope, alibi); the data-parallel size is what the world leaves. The reference covers
+TAPA with and without documents and each ENC given after --reference with documents.
 Every layout starts from the reference's initial weights (cut into this rank's shards), reads the same
 global batches (split over data-parallel ranks as the loader splits them) and runs the library's own
 train_step / evaluate. Rank 0 writes OUT/<layout>.json with the losses, grad norms and the largest
@@ -23,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from tapa_scale.config import Config, validate
+from tapa_scale.ops import ENCODINGS
 from tapa_scale.parallel import ParallelConfig, init_groups
 from tapa_scale.parallel.parallelize import build_chunks, parallelize, unwrap
 from tapa_scale.parallel.reshard import load_full_state_dict, local_tensors
@@ -35,7 +38,8 @@ def make_config(layout: dict, dp: int) -> Config:
     cfg = Config()
     m = cfg.model
     m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.ffn_hidden_size = 4, 64, 4, 2, 128
-    m.vocab_size, m.attention_impl, m.pos_encoding = VOCAB, "reference", "tapa"
+    m.vocab_size, m.attention_impl, m.pos_encoding = VOCAB, "reference", layout["enc"]
+    m.rope.scale = 2.0 if layout["enc"] in ("pi", "yarn") else 1.0  # scale 1 would make them plain RoPE
     cfg.data.seq_len = SEQ
     t = cfg.train
     t.micro_batch_size, t.global_batch_size = GLOBAL_MICRO // dp, GLOBAL_MICRO * MICRO
@@ -52,9 +56,11 @@ def make_config(layout: dict, dp: int) -> Config:
 
 
 def parse(name: str) -> dict:
-    layout = dict(tp=1, pp=1, cp=1, vpp=1, sp=False, ring=False, docs=True)
+    layout = dict(tp=1, pp=1, cp=1, vpp=1, sp=False, ring=False, docs=True, enc="tapa")
     for part in name.split("-"):
-        if part in ("sp", "ring"):
+        if part in ENCODINGS:
+            layout["enc"] = part
+        elif part in ("sp", "ring"):
             layout[part] = True
         elif part == "plain":
             layout["docs"] = False
@@ -63,6 +69,12 @@ def parse(name: str) -> dict:
         else:
             raise ValueError(f"unknown layout part {part!r} in {name!r}")
     return layout
+
+
+def reference_tag(layout: dict) -> str:
+    """Name of the single-process run a layout is compared with: docs / plain for TAPA, <enc>_docs."""
+    tag = "docs" if layout["docs"] else "plain"
+    return tag if layout["enc"] == "tapa" else f"{layout['enc']}_{tag}"
 
 
 def global_batches(split: str, n: int):
@@ -122,11 +134,12 @@ def run_layout(cfg: Config, groups, full_init: dict | None):
     return chunks, optimizer.grads, {"losses": list(losses), "norms": list(norms), "val": evaluate(run, 2)}
 
 
-def reference(out: Path) -> None:
+def reference(out: Path, encodings: list[str]) -> None:
     from safetensors.torch import save_file
     groups = init_groups(ParallelConfig(), "cpu")
-    for docs in (True, False):
-        cfg = make_config(parse("tp1" if docs else "plain"), 1)
+    for name in ["tp1", "plain"] + encodings:
+        layout = parse(name)
+        cfg = make_config(layout, 1)
         seed_everything(0)
         init = {n: p.detach().clone() for n, p in
                 build_chunks(cfg.model, cfg.parallel, groups, vocab_size=VOCAB, seq_len=SEQ)[0].state_dict().items()
@@ -135,7 +148,7 @@ def reference(out: Path) -> None:
         tensors = {f"init/{n}": t for n, t in init.items()}
         tensors.update({f"grad{s}/{n}": g for s, step in enumerate(grads) for (_, n), g in step.items()})
         tensors.update({f"final/{n}": p.detach() for n, p in chunks[0].named_parameters()})
-        tag = "docs" if docs else "plain"
+        tag = reference_tag(layout)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"reference_{tag}.safetensors"))
         (out / f"reference_{tag}.json").write_text(json.dumps(stats))
 
@@ -159,7 +172,7 @@ def parallel(out: Path, names: list[str]) -> None:
     for name in names:
         layout = parse(name)
         cfg = make_config(layout, world // (layout["tp"] * layout["pp"] * layout["cp"]))
-        ref = load_file(str(out / f"reference_{'docs' if layout['docs'] else 'plain'}.safetensors"))
+        ref = load_file(str(out / f"reference_{reference_tag(layout)}.safetensors"))
         part = lambda prefix: {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}  # noqa: E731
         try:
             groups = init_groups(cfg.parallel, "cpu")
@@ -183,8 +196,8 @@ def parallel(out: Path, names: list[str]) -> None:
 def main(argv: list[str]) -> int:
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
-    if argv[1:] == ["--reference"]:
-        reference(out)
+    if argv[1:2] == ["--reference"]:
+        reference(out, argv[2:])
     else:
         parallel(out, argv[1:])
     return 0

@@ -39,5 +39,5 @@ def test_cp_attention_matches_full_sequence(nproc):
     # no key of their document), dK/dV not returned to their owner, a ring that skips or repeats a block
     out = torchrun(nproc, HERE / "cp_attention_script.py", timeout=240)
     assert "cp attention OK" in out
-    if nproc == 2 and importlib.util.find_spec("triton") is not None:  # (not imported here: see DESIGN.md)
+    if nproc == 2 and importlib.util.find_spec("triton") is not None:  # (find_spec: no import here)
         assert "kernel checked" in out

@@ -2,7 +2,8 @@
 validation loss and final weights, starting from the same weights (fp32, gloo, torchrun).
 
 One reference run (single process) and two launches (2 and 4 ranks) run all layouts; parity_script.py
-does the work and each test below reads one layout's result.
+does the work and each test below reads one layout's result. TAPA runs through every layout; each other
+positional encoding through tensor parallelism and ring context parallelism (in the same 2-rank launch).
 
 Tolerances (fp32). The layouts compute the same function with sums in other orders: tensor-parallel
 matmuls and all-reduces, DDP's all-reduce over data x context ranks, the ring's float32 LSE merge.
@@ -15,10 +16,13 @@ parity_script.make_config) so that rounding-sized gradient differences stay roun
 import pytest
 
 from dist_harness import HERE, read_json, run, rank_env, torchrun
+from tapa_scale.ops import ENCODINGS
 
 SCRIPT = HERE / "parity_script.py"
 TWO = ["tp2", "tp2-sp", "pp2", "pp2-vpp2", "cp2", "cp2-ring", "cp2-plain", "cp2-ring-plain", "dp2"]
 FOUR = ["tp2-pp2", "tp2-cp2-sp-ring", "dp2-pp2-vpp2"]
+BASELINES = [e for e in ENCODINGS if e != "tapa"]
+ENCODED = [f"{layout}-{enc}" for enc in BASELINES for layout in ("tp2", "cp2-ring")]
 GRAD_TOL, LOSS_RTOL = 1e-5, 2e-6
 
 
@@ -27,9 +31,9 @@ def results(tmp_path_factory):
     """Runs the reference and both launches once; a launch that fails leaves its layouts without results."""
     out = tmp_path_factory.mktemp("parity")
     import sys
-    run([sys.executable, str(SCRIPT), str(out), "--reference"], timeout=300, env=rank_env())
+    run([sys.executable, str(SCRIPT), str(out), "--reference", *BASELINES], timeout=300, env=rank_env())
     failures = {}
-    for nproc, layouts in ((2, TWO), (4, FOUR)):
+    for nproc, layouts in ((2, TWO + ENCODED), (4, FOUR)):
         try:
             torchrun(nproc, SCRIPT, out, *layouts, timeout=420)
         except AssertionError as e:
@@ -45,7 +49,9 @@ def _check(results, layout: str) -> None:
         detail = read_json(errors[0])["error"] if errors else "\n".join(failures.values())
         pytest.fail(f"{layout}: no result\n{detail}")
     got = read_json(path)
-    ref = read_json(out / f"reference_{'plain' if 'plain' in layout else 'docs'}.json")
+    enc = next((e for e in BASELINES if e in layout.split("-")), None)
+    ref = read_json(out / f"reference_{'plain' if 'plain' in layout else 'docs'}.json" if enc is None
+                    else out / f"reference_{enc}_docs.json")
     assert got["losses"] == pytest.approx(ref["losses"], rel=LOSS_RTOL), "losses"
     assert got["norms"] == pytest.approx(ref["norms"], rel=LOSS_RTOL), "gradient norms"
     assert got["val"] == pytest.approx(ref["val"], rel=LOSS_RTOL), "validation loss"
@@ -65,4 +71,12 @@ def test_two_ranks_match_one_process(results, layout):
 def test_four_ranks_match_one_process(results, layout):
     # combinations: tensor x pipeline groups (grad norm over the model-parallel group), tensor x context
     # with sequence parallelism and the ring, data x interleaved pipeline
+    _check(results, layout)
+
+
+@pytest.mark.parametrize("layout", ENCODED)
+def test_every_encoding_matches_one_process(results, layout):
+    # tp2: each rank scores its own heads (ALiBi: with the slopes of those global heads, not of a
+    # model with H/tp heads); cp2-ring: local queries against every rank's keys at global positions,
+    # merged by log-sum-exp, for rotary, bias and position-free scores alike
     _check(results, layout)

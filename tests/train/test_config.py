@@ -27,9 +27,9 @@ def test_overrides_win_and_are_typed():
     (["model.tapa.alpha=0"], "model.tapa.alpha=0"),
     (["model.pos_encoding=sinusoid"], "model.pos_encoding='sinusoid'"),
     (["model.num_heads=3"], "model.hidden_size=128 is not divisible by model.num_heads=3"),
-    (["parallel.tp=3", "train.final_checkpoint=false"], "parallel.tp=3 must divide model.num_heads=4"),
-    (["parallel.pp=3", "train.final_checkpoint=false"], "parallel.pp=3 must divide model.num_layers=4"),
-    (["parallel.cp=2", "data.seq_len=126", "train.final_checkpoint=false"], "divisible by 2*parallel.cp=4"),
+    (["parallel.tp=3"], "parallel.tp=3 must divide model.num_heads=4"),
+    (["parallel.pp=3"], "parallel.pp=3 must divide model.num_layers=4"),
+    (["parallel.cp=2", "data.seq_len=126"], "divisible by 2*parallel.cp=4"),
     (["train.steps"], "expected key=value"),
     (["data.path=/no/such/dir"], "data.path='/no/such/dir': directory not found"),
 ])
@@ -42,7 +42,7 @@ def test_bad_values_are_named(overrides, message):
 
 def test_world_size_must_fit_layout():
     with pytest.raises(ConfigError, match="world size 3 is not divisible"):
-        load_config("configs/tiny.yaml", ["parallel.tp=2", "train.final_checkpoint=false"], world_size=3)
+        load_config("configs/tiny.yaml", ["parallel.tp=2"], world_size=3)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
