@@ -8,7 +8,7 @@ import pytest
 
 from tapa_scale.eval import long_context
 from tapa_scale.hf.export import export_to_hf
-from tests.hf.conftest import ROOT, native_model, run_tool
+from tests.hf.conftest import native_model, run_tool
 
 
 LENGTHS = [64, 128]  # the checkpoint was made at data.seq_len = 64

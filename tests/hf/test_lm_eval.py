@@ -13,7 +13,6 @@ from tapa_scale.hf.export import export_to_hf
 from tapa_scale.hf.lm_eval_task import CONTINUE_TASK, PPL_TASK, write_tasks
 from tests.hf.conftest import clean_env, native_model, run_tool
 
-
 MAX_LENGTH = 64  # the export's max_position_embeddings, which the harness takes as its window
 
 
