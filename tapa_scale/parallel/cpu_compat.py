@@ -19,9 +19,9 @@ with one line naming both; a patch whose target has moved fails with an error na
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
-import contextlib
 import types
 import warnings
 
@@ -61,7 +61,6 @@ _MODULES = {
     "megatron.core.dist_checkpointing.strategies.async_utils": "async-save bookkeeping on the CUDA device",
 }
 
-_enabled = False
 
 
 class _CPUCuda:
@@ -123,7 +122,6 @@ def _tensor_cuda_is_identity(fn):
             return fn(self, *args, **kwargs)
         finally:
             torch.Tensor.cuda = original
-    setup._tapa_cpu_compat = True
     return setup
 
 
@@ -155,7 +153,7 @@ def check_version(strict: bool = False) -> str:
     return version
 
 
-_saved: list = []  # (owner, attribute, original value) in the order applied, for disable()
+_saved: list = []  # (owner, attribute, original value) in the order applied, for disable(); non-empty = enabled
 
 
 def _swap(owner, name: str, value) -> None:
@@ -165,8 +163,7 @@ def _swap(owner, name: str, value) -> None:
 
 def enable() -> None:
     """Apply the CPU patches (idempotent). Only for a process whose device is the CPU."""
-    global _enabled
-    if _enabled:
+    if _saved:
         return
     if torch.cuda.is_initialized():
         raise RuntimeError("cpu_compat: this process has initialised CUDA; the CPU patches would move its "
@@ -177,7 +174,6 @@ def enable() -> None:
     except BaseException:
         disable()
         raise
-    _enabled = True
 
 
 def _apply() -> None:
@@ -202,17 +198,15 @@ def _apply() -> None:
 
 def disable() -> None:
     """Undo every patch enable() applied, newest first (idempotent)."""
-    global _enabled
     while _saved:
         owner, name, original = _saved.pop()
         setattr(owner, name, original)
-    _enabled = False
 
 
 @contextlib.contextmanager
 def active():
     """The CPU patches for the duration of a `with` block (left as they were if already enabled)."""
-    was = _enabled
+    was = is_enabled()
     enable()
     try:
         yield
@@ -222,4 +216,4 @@ def active():
 
 
 def is_enabled() -> bool:
-    return _enabled
+    return bool(_saved)

@@ -49,8 +49,8 @@ def check_compatible(saved_cfg_yaml: str, cfg, where: Path) -> None:
     are compared resolved (0 = derived sizes, YaRN's original length); implementation-only keys
     (model.attention_impl) may change."""
     saved = _typed(saved_cfg_yaml, where)
-    pairs = [(f"model.{k}", v, model_identity(cfg.model, cfg.data.seq_len).get(k))
-             for k, v in model_identity(saved.model, saved.data.seq_len).items()]
+    now = model_identity(cfg.model, cfg.data.seq_len)
+    pairs = [(f"model.{k}", v, now.get(k)) for k, v in model_identity(saved.model, saved.data.seq_len).items()]
     pairs += [("data.seq_len", saved.data.seq_len, cfg.data.seq_len), ("train.seed", saved.train.seed, cfg.train.seed)]
     for key, old, new in pairs:
         if old != new:
