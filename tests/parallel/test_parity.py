@@ -16,6 +16,7 @@ parity_script.make_config) so that rounding-sized gradient differences stay roun
 import pytest
 
 from dist_harness import HERE, read_json, run, rank_env, torchrun
+from parity_script import parse, reference_tag
 from tapa_scale.ops import ENCODINGS
 
 SCRIPT = HERE / "parity_script.py"
@@ -49,9 +50,7 @@ def _check(results, layout: str) -> None:
         detail = read_json(errors[0])["error"] if errors else "\n".join(failures.values())
         pytest.fail(f"{layout}: no result\n{detail}")
     got = read_json(path)
-    enc = next((e for e in BASELINES if e in layout.split("-")), None)
-    ref = read_json(out / f"reference_{'plain' if 'plain' in layout else 'docs'}.json" if enc is None
-                    else out / f"reference_{enc}_docs.json")
+    ref = read_json(out / f"reference_{reference_tag(parse(layout))}.json")
     assert got["losses"] == pytest.approx(ref["losses"], rel=LOSS_RTOL), "losses"
     assert got["norms"] == pytest.approx(ref["norms"], rel=LOSS_RTOL), "gradient norms"
     assert got["val"] == pytest.approx(ref["val"], rel=LOSS_RTOL), "validation loss"
