@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks of the fused TAPA kernel, in one run of about 8 minutes on one H100/H200.
-# Needs only python with torch + triton (pytest optional). Writes JSON and logs into a work folder, in
-# order of priority, each step capped so the whole run ends by the deadline:
+# Needs only python with torch + triton (pytest optional). Writes JSON and logs into the results folder
+# it is given, in order of priority, each step capped so the whole run ends by the deadline:
 #   env.txt            GPU, driver, python/torch/triton versions
 #   tests_gpu.json     GPU-only correctness tests: bf16/fp16 vs the reference, fast cos/sin/pow accuracy,
 #                      large phase angles through the fast path
@@ -11,17 +11,14 @@
 #   sweep.json         tile configurations per kernel at 16k (best ones go into default_configs)
 #   tests_all.json     every test of tests/ops/test_tapa_triton.py compiled on the GPU, if time is left
 #   summary.txt        step timings, pass/fail counts and speed ratios
-# After every step $OUT (default ./gpu_out) gets gpu_checks.tar.gz (the whole work folder) and copies of
-# summary.txt, env.txt, tests_gpu.json, numerics.json, bench.json and sweep.json: 7 files at most,
-# so that a run cut short still leaves everything it measured, and a copy-back limited to a few files
-# loses nothing.
-# Usage: bash tools/gpu_checks.sh     (GPU_CHECKS_SECONDS=470 sets the deadline, SHARDS=4 the parallel
-# test processes: Triton compiles one kernel at a time per process, and compiling dominates the tests)
+#   <step>.log         each step's output; gpu_checks.tar.gz: the whole folder as one archive
+# The archive is rewritten after every step, so a run cut short still leaves everything it measured.
+# Usage: bash tools/gpu_checks.sh [RESULTS_DIR]   (default $OUT, else ./gpu_out; GPU_CHECKS_SECONDS=470
+# sets the deadline, SHARDS=4 the parallel test processes: Triton compiles one kernel at a time per
+# process, and compiling dominates the tests)
 set -uo pipefail
+RES="$(mkdir -p "${1:-${OUT:-./gpu_out}}" && cd "${1:-${OUT:-./gpu_out}}" && pwd)" || exit 2
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-OUT="${OUT:-./gpu_out}"
-RES="$(mktemp -d "${TMPDIR:-/tmp}/gpu_checks.XXXXXX")"
-mkdir -p "$OUT"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 SHARDS="${SHARDS:-4}"
 START=$(date +%s)
@@ -30,13 +27,10 @@ export PYTHONUNBUFFERED=1
 
 note() { echo "[$(date +%T)] $*" | tee -a "$RES/summary.txt"; }
 
-# pack: the work folder as one archive in $OUT, and the key files beside it.
+# pack: the results folder as one archive inside it (written aside, then moved into place).
 pack() {
-    tar czf "$OUT/gpu_checks.tar.gz" -C "$RES" . 2>/dev/null
-    local f
-    for f in summary.txt env.txt tests_gpu.json numerics.json bench.json sweep.json; do
-        [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"
-    done
+    tar czf "$RES/.archive.tmp" -C "$RES" --exclude=./gpu_checks.tar.gz --exclude=./.archive.tmp . 2>/dev/null &&
+        mv "$RES/.archive.tmp" "$RES/gpu_checks.tar.gz"
     return 0
 }
 

@@ -82,24 +82,25 @@ def test_cells_run_and_record_errors_on_cpu(bench, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs for real, for minutes")
-def test_gpu_checks_script_leaves_few_files_and_keeps_partial_results(tmp_path):
+def test_gpu_checks_script_writes_into_the_given_folder_and_keeps_partial_results(tmp_path):
     """tools/gpu_checks.sh with a deadline too short for the benchmark: it must still end cleanly, say
-    what it skipped, and leave in $OUT at most 7 files (the device copies back 8), with every log and
-    result of the steps that ran inside the archive. Would catch a step that writes straight into
-    $OUT (dozens of shard files, most of them then lost) or a shell error that ends the run early."""
+    what it skipped, and leave every log and result of the steps that ran in the folder it was given
+    (a relative path, resolved from the caller's directory), with an archive of them all beside them.
+    Would catch a step that writes elsewhere or a shell error that ends the run early."""
     import subprocess
     import tarfile
 
-    out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), GPU_CHECKS_SECONDS="40", SHARDS="2", PYTHON=sys.executable,
-               TMPDIR=str(tmp_path))
-    run = subprocess.run(["bash", "tools/gpu_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    env = dict(os.environ, GPU_CHECKS_SECONDS="40", SHARDS="2", PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    env.pop("OUT", None)
+    run = subprocess.run(["bash", str(ROOT / "tools/gpu_checks.sh"), "results"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    files = sorted(p.name for p in out.iterdir())
-    assert len(files) <= 7 and "gpu_checks.tar.gz" in files and "summary.txt" in files, files
+    out = tmp_path / "results"
+    files = {p.name for p in out.iterdir()}
+    expected = {"env.txt", "numerics.json", "numerics.log", "tests_gpu.0.log", "tests_gpu.json", "summary.txt"}
+    assert expected | {"gpu_checks.tar.gz"} <= files and ".archive.tmp" not in files, files
     with tarfile.open(out / "gpu_checks.tar.gz") as tar:
-        packed = {m.name.removeprefix("./") for m in tar.getmembers()}
-    assert {"env.txt", "numerics.json", "numerics.log", "tests_gpu.0.log", "summary.txt"} <= packed, packed
+        packed = {m.name.removeprefix("./") for m in tar.getmembers()} - {"."}
+    assert packed == files - {"gpu_checks.tar.gz"}, (packed, files)
     summary = (out / "summary.txt").read_text()
     assert "skip bench (deadline)" in summary and "numerics exit 0" in summary, summary
