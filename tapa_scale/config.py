@@ -106,7 +106,8 @@ def validate(cfg: Config, *, world_size: int = 1, check_paths: bool = True) -> l
     if not errs:
         errs += validate_parallel(cfg.parallel, num_heads=cfg.model.num_heads, kv_heads=cfg.model.kv_heads,
                                   num_layers=cfg.model.num_layers, seq_len=d.seq_len, world_size=world_size,
-                                  num_microbatches=_microbatches(cfg, world_size), device=cfg.train.device)
+                                  num_microbatches=_microbatches(cfg, world_size),
+                                  eval_batches=cfg.train.eval_batches, device=cfg.train.device)
     t = cfg.train
     if not errs and cfg.parallel.distributed_optimizer and (t.checkpoint_every or t.final_checkpoint):
         errs.append("parallel.distributed_optimizer=true: checkpoints of megatron's distributed optimizer "

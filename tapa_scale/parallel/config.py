@@ -24,11 +24,12 @@ class ParallelConfig:
 
 def validate_parallel(p: ParallelConfig, *, num_heads: int, kv_heads: int, num_layers: int,
                       seq_len: int, world_size: int, num_microbatches: Optional[int] = None,
-                      device: str = "auto") -> list[str]:
+                      eval_batches: Optional[int] = None, device: str = "auto") -> list[str]:
     """Layout problems, each naming the keys and values involved (empty list = fine).
 
-    num_microbatches (micro-batches per optimizer step on each data-parallel rank), when known, is
-    checked against the interleaved schedule; device ("auto" | "cpu" | "cuda") against the
+    num_microbatches (micro-batches per optimizer step on each data-parallel rank) and eval_batches
+    (validation micro-batches per data-parallel rank), when known, are checked against the interleaved
+    schedule; device ("auto" | "cpu" | "cuda") against the
     GPU-only distributed optimizer.
     """
     errs = [f"parallel.{key}={getattr(p, key)}: must be >= 1"
@@ -47,6 +48,9 @@ def validate_parallel(p: ParallelConfig, *, num_heads: int, kv_heads: int, num_l
         errs.append(f"parallel.vpp={p.vpp}: the interleaved schedule needs a multiple of parallel.pp={p.pp} "
                     f"micro-batches per step on each data-parallel rank, got {num_microbatches} "
                     f"(train.global_batch_size / (train.micro_batch_size x data-parallel size))")
+    if p.vpp > 1 and eval_batches is not None and eval_batches % p.pp:
+        errs.append(f"train.eval_batches={eval_batches}: the interleaved schedule (parallel.vpp={p.vpp}) "
+                    f"validates a multiple of parallel.pp={p.pp} micro-batches per data-parallel rank")
     if p.cp > 1 and seq_len % (2 * p.cp):
         errs.append(f"data.seq_len={seq_len} must be divisible by 2*parallel.cp={2 * p.cp} "
                     f"(load-balanced context parallel chunks)")

@@ -72,7 +72,8 @@ def check_layout(cfg: Config, groups: Groups, accumulation: int) -> None:
     m, p = cfg.model, cfg.parallel
     problems = validate_parallel(p, num_heads=m.num_heads, kv_heads=m.kv_heads, num_layers=m.num_layers,
                                  seq_len=cfg.data.seq_len, world_size=groups.world_size,
-                                 num_microbatches=accumulation, device=groups.device.type)
+                                 num_microbatches=accumulation, eval_batches=cfg.train.eval_batches,
+                                 device=groups.device.type)
     if problems:
         raise ConfigError("; ".join(problems))
 

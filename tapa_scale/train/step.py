@@ -102,6 +102,8 @@ def evaluate(run, batches: int) -> float:
     for chunk in run.chunks:
         chunk.eval()
     microbatches = [prepare_batch(run, b) for b in itertools.islice(run.val_loader(), batches)]
+    if run.cfg.parallel.vpp > 1:  # a validation set shorter than `batches`: whole rounds of pp only
+        microbatches = microbatches[:len(microbatches) - len(microbatches) % run.cfg.parallel.pp]
     loss = _run_schedule(run, microbatches, forward_only=True) if microbatches else 0.0
     for chunk in run.chunks:
         chunk.train()

@@ -55,7 +55,10 @@ def test_every_encoding_builds_and_trains_a_step(process_group, enc):
     model, _ = tiny(enc)
     ids = torch.randint(0, 97, (2, 32))
     loss = model(ids, None, None, labels=ids.roll(-1, 1)).mean()
-    assert torch.isfinite(loss) and abs(loss.item() - torch.log(torch.tensor(97.0)).item()) < 1.0
+    # init std 0.02 over hidden 64 gives logits of std ~0.16, so the mean cross-entropy of 64 targets is
+    # ln V + ~0.013 give or take a few hundredths: measured ln V - 0.018 .. + 0.082 over five draws of
+    # ids, for every encoding. 0.15 is about twice that; an init std of 0.2 would sit ~1.3 above ln V.
+    assert torch.isfinite(loss) and abs(loss.item() - math.log(97)) < 0.15, loss.item()
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 

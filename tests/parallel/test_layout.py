@@ -12,9 +12,9 @@ from tapa_scale.parallel import cpu_compat
 MODEL = dict(num_heads=4, kv_heads=2, num_layers=4, seq_len=32)
 
 
-def problems(world_size=1, num_microbatches=None, device="auto", **layout):
+def problems(world_size=1, num_microbatches=None, device="auto", eval_batches=None, **layout):
     return validate_parallel(ParallelConfig(**layout), world_size=world_size, num_microbatches=num_microbatches,
-                             device=device, **MODEL)
+                             eval_batches=eval_batches, device=device, **MODEL)
 
 
 @pytest.mark.parametrize("layout, world, expected", [
@@ -37,6 +37,10 @@ def test_bad_layouts_are_named(layout, world, expected):
 def test_interleaving_needs_a_multiple_of_pp_micro_batches():
     assert problems(2, num_microbatches=4, pp=2, vpp=2) == []
     assert "multiple of parallel.pp=2" in problems(2, num_microbatches=3, pp=2, vpp=2)[0]
+    assert problems(2, num_microbatches=4, eval_batches=6, pp=2, vpp=2) == []
+    assert problems(2, num_microbatches=4, eval_batches=3, pp=2, vpp=2) == [
+        "train.eval_batches=3: the interleaved schedule (parallel.vpp=2) validates a multiple of "
+        "parallel.pp=2 micro-batches per data-parallel rank"]
 
 
 def test_distributed_optimizer_is_refused_on_cpu():
