@@ -136,20 +136,26 @@ def _set_cpu_rng_state(new_state: torch.Tensor, device=-1, graph_safe: bool = Fa
     torch.set_rng_state(new_state)
 
 
+_warned: list = []  # the versions already warned about in this process
+
+
 def check_version(strict: bool = False) -> str:
     """megatron-core's version. Not one of TESTED_VERSIONS: with `strict` (the layer is about to switch
-    on) a RuntimeError naming both; otherwise a warning, once per process."""
+    on) a RuntimeError naming both; otherwise (the GPU path, which patches nothing) a warning, once per
+    process."""
     import megatron.core
 
     version = megatron.core.__version__
     if version not in TESTED_VERSIONS:
-        msg = (f"tapa_scale.parallel.cpu_compat was written for megatron-core {', '.join(TESTED_VERSIONS)} "
-               f"and meets {version}")
+        msg = f"tapa_scale was tested with megatron-core {', '.join(TESTED_VERSIONS)} and meets {version}"
         if strict:
-            raise RuntimeError(f"{msg}: refusing to patch it for CPU runs; install megatron-core=="
-                               f"{TESTED_VERSIONS[-1]} (launch/requirements-py3*.lock) or review the patches")
-        warnings.warn(f"{msg}: CPU runs of tensor/pipeline/context parallel layouts may fail or differ; "
-                      f"check the patches in this module", RuntimeWarning, stacklevel=2)
+            raise RuntimeError(f"{msg}: refusing to patch it for CPU runs (parallel/cpu_compat.py); install "
+                               f"megatron-core=={TESTED_VERSIONS[-1]} (launch/requirements-py3*.lock) or "
+                               f"review the patches")
+        if version not in _warned:
+            _warned.append(version)
+            warnings.warn(f"{msg}: parallel layers, schedules and checkpoint writers may behave differently",
+                          RuntimeWarning, stacklevel=2)
     return version
 
 

@@ -60,21 +60,28 @@ class Groups:
         return mpu.get_model_parallel_group()
 
 
+_enabled_compat: list = []  # non-empty while the CPU patches are on because init_groups switched them on
+
+
 def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600) -> Groups:
     """Initialise torch.distributed and megatron's model-parallel state; returns this rank's Groups.
 
-    On CPU the megatron-core compatibility patches (parallel/cpu_compat.py) are switched on here:
-    megatron's schedules and DDP allocate small CUDA tensors even in a world of one."""
+    On CPU the megatron-core compatibility patches (parallel/cpu_compat.py) are switched on here, for
+    as long as the groups live (destroy_groups switches them off): megatron's schedules and DDP allocate
+    small CUDA tensors even in a world of one. On CUDA nothing is patched; an untested megatron-core
+    version is warned about once."""
     from megatron.core import parallel_state as mpu
 
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    from . import cpu_compat
     if use_cuda:
         torch.cuda.set_device(dev)
-    else:
-        from . import cpu_compat
+        cpu_compat.check_version()
+    elif not cpu_compat.is_enabled():
         cpu_compat.enable()
+        _enabled_compat.append(True)
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ:
@@ -108,9 +115,16 @@ def _attempt_store(timeout_s: int) -> dict:
 
 
 def destroy_groups() -> None:
+    """Tear down megatron's model-parallel state and torch.distributed, and the CPU patches that
+    init_groups switched on."""
     from megatron.core import parallel_state as mpu
+
+    from . import cpu_compat
 
     if mpu.model_parallel_is_initialized():
         mpu.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    if _enabled_compat:
+        _enabled_compat.clear()
+        cpu_compat.disable()

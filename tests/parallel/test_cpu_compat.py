@@ -42,7 +42,7 @@ def test_untested_megatron_version_is_refused(monkeypatch):
     cpu_compat.disable()
     monkeypatch.setattr(megatron.core, "__version__", "0.99.0")
     try:
-        with pytest.raises(RuntimeError, match=r"written for megatron-core 0\.16\.1 and meets 0\.99\.0"):
+        with pytest.raises(RuntimeError, match=r"tested with megatron-core 0\.16\.1 and meets 0\.99\.0: refusing"):
             cpu_compat.enable()
         assert not cpu_compat.is_enabled() and _targets()[0]["megatron.core.utils"] is torch
     finally:
@@ -64,3 +64,41 @@ def test_refuses_in_a_process_that_uses_cuda(monkeypatch):
         monkeypatch.undo()
         if was:
             cpu_compat.enable()
+
+
+def test_elsewhere_an_untested_version_is_warned_about_once(monkeypatch):
+    """The GPU path patches nothing: it warns (once per process) instead of refusing."""
+    import warnings
+
+    import megatron.core
+
+    monkeypatch.setattr(megatron.core, "__version__", "0.99.0")
+    monkeypatch.setattr(cpu_compat, "_warned", [])
+    with pytest.warns(RuntimeWarning, match=r"tested with megatron-core 0\.16\.1 and meets 0\.99\.0"):
+        assert cpu_compat.check_version() == "0.99.0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu_compat.check_version() == "0.99.0"
+
+
+def test_the_layer_lives_as_long_as_the_cpu_groups(tmp_path):
+    """In a fresh process: init_groups on CPU switches the layer on, destroy_groups switches it off and
+    megatron's modules see torch again. Catches a layer left on after the CPU world it served."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import importlib, torch
+from tapa_scale.parallel import ParallelConfig, cpu_compat, destroy_groups, init_groups
+assert not cpu_compat.is_enabled()
+init_groups(ParallelConfig(), device="cpu")
+assert cpu_compat.is_enabled() and importlib.import_module("megatron.core.utils").torch is not torch
+destroy_groups()
+assert not cpu_compat.is_enabled()
+assert all(importlib.import_module(m).torch is torch for m in cpu_compat._MODULES)
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

@@ -1,5 +1,4 @@
-"""Bad parallel layouts are refused with one clear line before any process group starts, and the CPU
-compatibility module says when it meets a megatron-core version it was not written for."""
+"""Bad parallel layouts are refused with one clear line before any process group starts."""
 import subprocess
 import sys
 
@@ -7,7 +6,6 @@ import pytest
 
 from dist_harness import REPO, rank_env
 from tapa_scale.parallel import ParallelConfig, validate_parallel
-from tapa_scale.parallel import cpu_compat
 
 MODEL = dict(num_heads=4, kv_heads=2, num_layers=4, seq_len=32)
 
@@ -64,10 +62,3 @@ def test_cli_refuses_a_bad_layout_before_starting(tmp_path):
     assert len(errors) == 1 and "parallel.tp=3 must divide model.num_heads=4" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists()
-
-
-def test_cpu_compat_names_an_untested_megatron_version(monkeypatch):
-    import megatron.core
-    monkeypatch.setattr(megatron.core, "__version__", "0.99.0")
-    with pytest.warns(RuntimeWarning, match=r"written for megatron-core 0\.16\.1 and meets 0\.99\.0"):
-        assert cpu_compat.check_version() == "0.99.0"
