@@ -40,6 +40,14 @@ def test_lower_bounds_cover_the_apis_used():
         assert _lower(reqs[dist]) >= Version(since), f"pyproject.toml: {reqs[dist]} but {api} needs {dist}>={since}"
 
 
+def test_megatron_bound_is_the_version_the_cpu_layer_was_tested_with():
+    """The CPU path refuses any megatron-core but the tested one, and the GPU path warns about it; a lower
+    bound below it would promise what nothing checked."""
+    from tapa_scale.parallel.cpu_compat import TESTED_VERSIONS
+
+    assert _lower(_requirements()["megatron-core"]) == min(Version(v) for v in TESTED_VERSIONS)
+
+
 def test_the_apis_exist_in_the_installed_versions():
     """Catches a table entry naming an API the code no longer finds."""
     import torch
