@@ -21,3 +21,16 @@ def run_cli(*args, timeout=600, check=True, cwd=ROOT):
 TINY = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=4", "model.ffn_hidden_size=128",
         "data.seq_len=64", "train.micro_batch_size=8", "train.lr=0.01", "train.eval_batches=2", "train.warmup_steps=2",
         "run.tensorboard=false"]
+
+
+def transformers_inv_freq(head_dim: int, base: float, rope_scaling=None, max_position_embeddings: int = 2048):
+    """(frequencies, attention factor) as transformers computes them for a Llama config with this
+    rope_scaling (its ROPE_INIT_FUNCTIONS, float32): the independent statement our rules must equal."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim, rope_theta=base,
+                         rope_scaling=rope_scaling, max_position_embeddings=max_position_embeddings)
+    kind = (rope_scaling or {}).get("rope_type", "default")
+    inv_freq, factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+    return inv_freq.double(), float(factor)

@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf", required=True, help="Hugging Face model directory (safetensors weights)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--pos-encoding", choices=["tapa", "rope", "pi", "yarn", "nope", "alibi"],
+    p.add_argument("--pos-encoding", choices=["tapa", "rope", "pi", "yarn", "llama3", "nope", "alibi"],
                    help="positional encoding of the imported model (default: the source's own)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.rope.scale=8")

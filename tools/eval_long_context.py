@@ -64,11 +64,13 @@ def _load_hf(args):
 
     from tapa_scale.hf.runtime import load_hf_loss_fn
 
+    from tapa_scale.hf.rope_scaling import from_llama_rope
+
     loss_fn = load_hf_loss_fn(args.hf)
-    config = loss_fn.model.config
+    config = loss_fn.model.config  # ours (TAPA, ALiBi, NoPE) or a Llama (the RoPE family)
+    kind = getattr(config, "position_encoding", None) or from_llama_rope(config.to_dict())[0]
     return loss_fn, AutoTokenizer.from_pretrained(args.hf), {
-        "hf": str(args.hf), "pos_encoding": config.position_encoding,
-        "train_length": config.max_position_embeddings}
+        "hf": str(args.hf), "pos_encoding": kind, "train_length": config.max_position_embeddings}
 
 
 if __name__ == "__main__":

@@ -1,25 +1,22 @@
 """Hugging Face configuration of a tapa_scale language model (`model_type` "tapa_lm").
 
 This file is copied beside exported weights and loaded with `trust_remote_code=True`, so it imports
-only transformers. Architecture fields use Llama's names (hidden_size, intermediate_size,
-num_key_value_heads, rms_norm_eps, rope_theta) so tools that read those keys work; the positional
-encoding has its own keys, because TAPA has no Llama counterpart and our YaRN ramp (by rotations per
-frequency, see tapa_scale/ops/rope.py) is not transformers' `rope_scaling` YaRN.
+only transformers. It serves the encodings with no Llama counterpart (TAPA, ALiBi, NoPE; the RoPE family
+exports as plain Llama checkpoints). Architecture fields use Llama's names (hidden_size,
+intermediate_size, num_key_value_heads, rms_norm_eps) so tools that read those keys work.
 """
 from transformers import PretrainedConfig
 
-POSITION_ENCODINGS = ("tapa", "rope", "pi", "yarn", "nope", "alibi")
+POSITION_ENCODINGS = ("tapa", "nope", "alibi")
 TAPA_PHASES = ("quadratic", "linear")
 
 
 class TapaLMConfig(PretrainedConfig):
     """Decoder-only transformer: pre-norm RMSNorm, SwiGLU MLP, grouped-query attention, no biases.
 
-    position_encoding: tapa | rope | pi | yarn | nope | alibi.
+    position_encoding: tapa | nope | alibi.
     tapa_alpha, tapa_theta, tapa_phase: TAPA's distance exponent, amplitude share of the head dim
         and phase form (quadratic = the method, linear = the paper's ablation).
-    rope_theta: RoPE base (rope, pi, yarn); rope_scale: context extension factor (pi, yarn);
-    rope_original_length, rope_beta_fast, rope_beta_slow: YaRN's ramp.
     max_position_embeddings: the training sequence length (informative: no encoding here has a
         hard limit, and TAPA is meant to run beyond it).
     """
@@ -31,8 +28,7 @@ class TapaLMConfig(PretrainedConfig):
                  num_attention_heads=4, num_key_value_heads=None, rms_norm_eps=1e-5,
                  max_position_embeddings=2048, initializer_range=0.02, tie_word_embeddings=True,
                  position_encoding="tapa", tapa_alpha=0.1, tapa_theta=0.5, tapa_phase="quadratic",
-                 rope_theta=10000.0, rope_scale=1.0, rope_original_length=0, rope_beta_fast=32.0,
-                 rope_beta_slow=1.0, use_cache=True, bos_token_id=None, eos_token_id=None,
+                 use_cache=True, bos_token_id=None, eos_token_id=None,
                  pad_token_id=None, **kwargs):
         if position_encoding not in POSITION_ENCODINGS:
             raise ValueError(f"position_encoding={position_encoding!r}: expected one of {POSITION_ENCODINGS}")
@@ -55,11 +51,6 @@ class TapaLMConfig(PretrainedConfig):
         self.tapa_alpha = tapa_alpha
         self.tapa_theta = tapa_theta
         self.tapa_phase = tapa_phase
-        self.rope_theta = rope_theta
-        self.rope_scale = rope_scale
-        self.rope_original_length = rope_original_length
-        self.rope_beta_fast = rope_beta_fast
-        self.rope_beta_slow = rope_beta_slow
         self.use_cache = use_cache
         super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id,
                          eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)

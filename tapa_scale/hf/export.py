@@ -1,12 +1,16 @@
 """Training checkpoint -> Hugging Face directory (`tools/convert_to_hf.py`).
 
-The directory holds:
+A RoPE-family model (rope, pi, yarn, llama3) is a standard Llama checkpoint: config.json is a
+LlamaConfig (model_type "llama", rope_theta, rope_scaling as rope_scaling.py maps them) and it loads with
+AutoModelForCausalLM.from_pretrained(dir), no remote code. TAPA, ALiBi and NoPE have no Llama
+counterpart; their directory holds:
     config.json                         TapaLMConfig (model_type "tapa_lm", auto_map for the Auto classes)
     configuration_tapa.py, modeling_tapa.py   the code, copied from this package (torch + transformers only)
+Both hold:
     model.safetensors | model-0000k-of-0000n.safetensors + model.safetensors.index.json   (by size)
     generation_config.json              bos/eos/pad token ids
     tokenizer.json, tokenizer_config.json, special_tokens_map.json   the run's tokenizer (pad = eos)
-and loads with AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True) and
+and load with AutoModelForCausalLM.from_pretrained(dir[, trust_remote_code=True]) and
 AutoTokenizer.from_pretrained(dir) where tapa_scale is not installed.
 """
 from __future__ import annotations
@@ -20,8 +24,10 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import Config
+from ..ops.attention import ROTARY
 from .configuration_tapa import TapaLMConfig
-from .source import effective_original_length, open_checkpoint
+from .rope_scaling import to_llama_rope
+from .source import open_checkpoint
 from .weights import Shape, megatron_to_hf
 
 HERE = Path(__file__).resolve().parent
@@ -50,19 +56,26 @@ def shape_of(cfg: Config) -> Shape:
                  head_dim=m.head_dim, hidden_size=m.hidden_size, tie_embeddings=m.tie_embeddings)
 
 
-def hf_config(cfg: Config, vocab_size: int, token_ids: dict, dtype: torch.dtype) -> TapaLMConfig:
-    """The export's config.json from our resolved run config."""
-    m, r, t = cfg.model, cfg.model.rope, cfg.model.tapa
-    config = TapaLMConfig(
-        vocab_size=vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_size,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.kv_heads,
-        rms_norm_eps=m.norm_eps, max_position_embeddings=cfg.data.seq_len, initializer_range=m.init_std,
-        tie_word_embeddings=m.tie_embeddings, position_encoding=m.pos_encoding, tapa_alpha=t.alpha,
-        tapa_theta=t.theta, tapa_phase=t.phase, rope_theta=r.base, rope_scale=r.scale,
-        rope_original_length=effective_original_length(m, cfg.data.seq_len), rope_beta_fast=r.beta_fast,
-        rope_beta_slow=r.beta_slow, **token_ids)
-    config.architectures = ["TapaLMForCausalLM"]
-    config.auto_map = dict(AUTO_MAP)
+def hf_config(cfg: Config, vocab_size: int, token_ids: dict, dtype: torch.dtype):
+    """The export's config.json from our resolved run config: a LlamaConfig for the RoPE family, else
+    a TapaLMConfig."""
+    m, t = cfg.model, cfg.model.tapa
+    common = dict(vocab_size=vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_size,
+                  num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+                  num_key_value_heads=m.kv_heads, rms_norm_eps=m.norm_eps, initializer_range=m.init_std,
+                  tie_word_embeddings=m.tie_embeddings, **token_ids)
+    if m.pos_encoding in ROTARY:
+        from transformers import LlamaConfig
+
+        config = LlamaConfig(**common, head_dim=m.head_dim, hidden_act="silu", attention_bias=False,
+                             mlp_bias=False, **to_llama_rope(m.pos_encoding, m.rope, cfg.data.seq_len))
+        config.architectures = ["LlamaForCausalLM"]
+    else:
+        config = TapaLMConfig(**common, max_position_embeddings=cfg.data.seq_len,
+                              position_encoding=m.pos_encoding, tapa_alpha=t.alpha, tapa_theta=t.theta,
+                              tapa_phase=t.phase)
+        config.architectures = ["TapaLMForCausalLM"]
+        config.auto_map = dict(AUTO_MAP)
     # transformers >= 4.56 names the field `dtype` (setting `torch_dtype` there warns)
     setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", str(dtype).removeprefix("torch."))
     return config
@@ -140,8 +153,9 @@ def export_to_hf(checkpoint: str | Path, out: str | Path, *, max_shard_size: str
     config = hf_config(cfg, vocab_size, token_ids, target)
     config.to_json_file(str(tmp / "config.json"))
     write_generation_config(tmp, token_ids)
-    for name in CODE_FILES:
-        shutil.copy2(HERE / name, tmp / name)
+    if cfg.model.pos_encoding not in ROTARY:
+        for name in CODE_FILES:
+            shutil.copy2(HERE / name, tmp / name)
     write_shards(hf_sd, tmp, max_bytes)
     (tmp / "README.md").write_text(_readme(ckpt, cfg))
     shutil.rmtree(out, ignore_errors=True)
@@ -157,9 +171,10 @@ def write_generation_config(out: Path, token_ids: dict) -> None:
 
 def _readme(ckpt: Path, cfg: Config) -> str:
     m = cfg.model
+    remote = "" if m.pos_encoding in ROTARY else ", trust_remote_code=True"
     return (f"# tapa_scale export\n\nConverted from `{ckpt}`: {m.num_layers} layers, hidden {m.hidden_size}, "
             f"{m.num_heads} heads ({m.kv_heads} key/value), positional encoding `{m.pos_encoding}`, "
             f"trained at sequence length {cfg.data.seq_len}.\n\n```python\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)\n"
+            f"model = AutoModelForCausalLM.from_pretrained(DIR{remote})\n"
             "tokenizer = AutoTokenizer.from_pretrained(DIR)\n```\n")

@@ -2,14 +2,15 @@
 
 Accepted: our own export (model_type "tapa_lm") and Llama-architecture checkpoints (model_type "llama":
 RMSNorm, SwiGLU, no biases, RoPE in the rotate-half layout that tapa_scale/ops/rope.py uses, so q/k rows
-map over unchanged; `rope_scaling` none or "linear", which is our PI). Weights must be safetensors.
+map over unchanged; `rope_scaling` none, "linear", "yarn" or "llama3", mapped by rope_scaling.py), which
+is also what our RoPE-family exports are. Weights must be safetensors.
 
 The result is a weights-only checkpoint directory in the single-process layout of
 tapa_scale/train/checkpoint.py: model.safetensors, config.yaml (a complete run config whose model section
 describes the imported model), tokenizer/ and COMPLETE. It has no optimizer, RNG or data-loader state:
 it starts a new run (fresh optimizer and schedule, step 0), e.g. a context-extension stage, rather than
 resuming an old one. `overrides` (key=value) edit the config, e.g. model.pos_encoding=yarn
-model.rope.scale=8 to extend the context of a RoPE model.
+model.rope.scale=8 to extend the context of a RoPE model (docs/hf.md).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..model.config import ModelConfig, RopeConfig, TapaConfig
 from ..train.checkpoint import MARKER
 from .configuration_tapa import TapaLMConfig
 from .export import TOKENIZER_FILES
+from .rope_scaling import from_llama_rope
 from .weights import Shape, hf_to_megatron
 
 
@@ -47,21 +49,31 @@ def read_hf_state_dict(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 def model_from_tapa(raw: dict) -> tuple[ModelConfig, int]:
     """(model section, training sequence length) of our own export's config.json (keys it omits take
-    TapaLMConfig's defaults, as they do when transformers loads it)."""
+    TapaLMConfig's defaults, as they do when transformers loads it). Exports made before the RoPE family
+    became plain Llama checkpoints carry rope/pi (read here; their rules have not changed) or yarn
+    (refused: the earlier YaRN rule is not today's)."""
+    kind = raw.get("position_encoding", "tapa")
+    if kind == "yarn":
+        raise ValueError("position_encoding=yarn: this tapa_lm export was made with the earlier YaRN rule "
+                         "(ramp linear in turns), not transformers' that tapa_scale now uses; its logits "
+                         "cannot be reproduced (docs/hf.md, YaRN)")
+    rope = RopeConfig()
+    if kind in ("rope", "pi"):
+        rope = RopeConfig(base=float(raw.get("rope_theta", 10000.0)), scale=float(raw.get("rope_scale", 1.0)))
+        raw = {k: v for k, v in raw.items() if not k.startswith("rope_")} | {"position_encoding": "nope"}
     c = TapaLMConfig.from_dict(raw)
     model = ModelConfig(
         num_layers=c.num_hidden_layers, hidden_size=c.hidden_size, num_heads=c.num_attention_heads,
         num_kv_heads=c.num_key_value_heads, ffn_hidden_size=c.intermediate_size, vocab_size=c.vocab_size,
         tie_embeddings=c.tie_word_embeddings, norm_eps=c.rms_norm_eps, init_std=c.initializer_range,
-        pos_encoding=c.position_encoding,
-        tapa=TapaConfig(alpha=c.tapa_alpha, theta=c.tapa_theta, phase=c.tapa_phase),
-        rope=RopeConfig(base=c.rope_theta, scale=c.rope_scale, original_length=c.rope_original_length,
-                        beta_fast=c.rope_beta_fast, beta_slow=c.rope_beta_slow))
+        pos_encoding=kind, tapa=TapaConfig(alpha=c.tapa_alpha, theta=c.tapa_theta, phase=c.tapa_phase),
+        rope=rope)
     return model, c.max_position_embeddings
 
 
 def model_from_llama(c: dict) -> tuple[ModelConfig, int]:
-    """(model section, training sequence length) of a LlamaConfig; refuses what our model cannot express."""
+    """(model section, training sequence length) of a LlamaConfig; refuses what our model cannot express,
+    naming each config key."""
     heads = c["num_attention_heads"]
     problems = []
     if c.get("hidden_act", "silu") != "silu":
@@ -71,11 +83,8 @@ def model_from_llama(c: dict) -> tuple[ModelConfig, int]:
             problems.append(f"{key}=true (our model has no biases)")
     if c.get("head_dim") not in (None, c["hidden_size"] // heads):
         problems.append(f"head_dim={c['head_dim']} != hidden_size/num_attention_heads")
-    scaling = c.get("rope_scaling") or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind not in ("default", "linear"):
-        problems.append(f"rope_scaling type {kind!r} (supported: none, linear = position interpolation; "
-                        f"transformers' yarn/llama3 ramps differ from ours)")
+    kind, rope, rope_problems = from_llama_rope(c)
+    problems += rope_problems
     if problems:
         raise ValueError("Llama checkpoint not expressible as our model: " + "; ".join(problems))
     model = ModelConfig(
@@ -83,8 +92,7 @@ def model_from_llama(c: dict) -> tuple[ModelConfig, int]:
         num_kv_heads=c.get("num_key_value_heads") or heads, ffn_hidden_size=c["intermediate_size"],
         vocab_size=c["vocab_size"], tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         norm_eps=c.get("rms_norm_eps", 1e-6), init_std=c.get("initializer_range", 0.02),
-        pos_encoding="pi" if kind == "linear" else "rope",
-        rope=RopeConfig(base=c.get("rope_theta", 10000.0), scale=float(scaling.get("factor", 1.0))))
+        pos_encoding=kind, rope=rope)
     return model, c.get("max_position_embeddings", 2048)
 
 

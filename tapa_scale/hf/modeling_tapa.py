@@ -1,24 +1,24 @@
 """Hugging Face modeling code of a tapa_scale language model: `TapaLMForCausalLM`.
 
 This file is copied beside exported weights and loaded with `trust_remote_code=True`, so it imports only
-torch and transformers. It restates, compactly, the attention scores tapa_scale trains with; the
-statements it is tested against are tapa_scale/ops/tapa_reference.py (TAPA) and tapa_scale/ops/rope.py
-(the RoPE family), and tests/hf/ checks logits against the training model.
+torch and transformers. It restates, compactly, the attention scores tapa_scale trains with for the
+encodings that have no Llama counterpart (TAPA, ALiBi, NoPE: RoPE-family models export as plain Llama
+checkpoints); the statements it is tested against are tapa_scale/ops/tapa_reference.py (TAPA) and
+tapa_scale/ops/rope.py (ALiBi), and tests/hf/ checks logits against the training model.
 
 TAPA (Wang et al., arXiv 2509.12635): split each head into amplitude dims (the first floor(theta*D + 1/2),
 tapa_split below) and phase dims (the rest);
     score(m, n) = (q_A.k_A / sqrt(d_amp)) * cos(2*pi * |pos_m - pos_n|^alpha * phi),
     phi = q_P.k_P / sqrt(d_phase) (quadratic) or (sum q_P + sum k_P) / sqrt(d_phase) (linear),
 then a causal softmax and the weighted sum of V. No rotary embedding, no other scale.
-RoPE ("rotate half" layout, as Llama), PI (frequencies / scale), YaRN (per-frequency ramp by rotations
-over the original length, logits times (0.1 ln s + 1)^2), ALiBi (-slope_h * |m - n|), NoPE.
+ALiBi: the logit gets -slope_h * |m - n|. NoPE: the causal mask only.
 
 Positions: a token's position is its index among the real (unmasked) tokens of its row, i.e.
 cumsum(attention_mask) - 1, so left padding does not shift positions; `position_ids`, when given,
-set the positions of the current tokens. Cached keys are stored as computed (rotated for the RoPE
-family, raw for TAPA) and their positions are recomputed from the attention mask at every step: its
-prefix does not change during generation, so each cached key keeps the position it was computed at,
-and TAPA/ALiBi distances |m - n| are between absolute positions.
+set the positions of the current tokens. Cached keys are stored as computed and their positions are
+recomputed from the attention mask at every step: its prefix does not change during generation, so
+each cached key keeps the position it was computed at, and TAPA/ALiBi distances |m - n| are between
+absolute positions.
 
 Fast path: for TAPA on a CUDA device, when tapa_scale is importable, attention runs through
 tapa_scale.ops.tapa_attention (the fused Triton kernel); padding becomes segment ids and causality
@@ -47,28 +47,6 @@ QUERY_CHUNK = 512  # queries scored at once: memory O(B * H * chunk * Nk), never
 
 
 # ----------------------------------------------------------------------------- positional encodings
-
-def rope_inv_freq(config: TapaLMConfig) -> torch.Tensor:
-    """(D/2,) float64 rotary frequencies of rope / pi / yarn (see tapa_scale/ops/rope.py)."""
-    d, base, scale = config.head_dim, config.rope_theta, config.rope_scale
-    inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    if config.position_encoding == "pi":
-        return inv_freq / scale
-    if config.position_encoding == "yarn":
-        rotations = config.rope_original_length * inv_freq / (2 * math.pi)
-        keep = ((rotations - config.rope_beta_slow) / (config.rope_beta_fast - config.rope_beta_slow)).clamp(0, 1)
-        return keep * inv_freq + (1.0 - keep) * inv_freq / scale
-    return inv_freq
-
-
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, H, N, D) by positions (B, N) * inv_freq; angles in float64 for long contexts."""
-    angles = positions.to(torch.float64)[:, None, :, None] * inv_freq.to(x.device)  # (B, 1, N, D/2)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    cos, sin = angles.cos().to(compute), angles.sin().to(compute)
-    x1, x2 = x.to(compute).chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
-
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
     """(n_heads,) float64 ALiBi slopes, as published (geometric; interleaved for non-powers of two)."""
@@ -115,8 +93,6 @@ def attend(q, k, v, q_pos, k_pos, key_mask, past: int, config: TapaLMConfig) -> 
     kc, vc = k.to(compute)[:, :, None], v.to(compute)[:, :, None]  # (B, Hkv, 1, Nk, D)
     kind = config.position_encoding
     scale = 1.0 / math.sqrt(D)
-    if kind == "yarn" and config.rope_scale > 1.0:
-        scale *= (0.1 * math.log(config.rope_scale) + 1.0) ** 2
     slopes = alibi_slopes(Hq).to(device=q.device, dtype=compute).view(1, Hkv, -1, 1, 1) if kind == "alibi" else None
     outs = []
     for start in range(0, Nq, QUERY_CHUNK):
@@ -202,8 +178,6 @@ class TapaAttention(nn.Module):
         self.k_proj = nn.Linear(h, self.n_kv * d, bias=False)
         self.v_proj = nn.Linear(h, self.n_kv * d, bias=False)
         self.o_proj = nn.Linear(self.n_heads * d, h, bias=False)
-        # A plain attribute, not a buffer: model.to(bfloat16) must not round the float64 frequencies.
-        self.inv_freq = rope_inv_freq(config) if config.position_encoding in ("rope", "pi", "yarn") else None
 
     def forward(self, x, q_pos, k_pos, key_mask, cache: Optional[Cache]):
         B, N, _ = x.shape
@@ -211,9 +185,6 @@ class TapaAttention(nn.Module):
         q = self.q_proj(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, N, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, N, self.n_kv, self.head_dim).transpose(1, 2)
-        if self.inv_freq is not None:  # RoPE family: keys are cached already rotated at their positions
-            q = apply_rotary(q, q_pos, self.inv_freq)
-            k = apply_rotary(k, q_pos, self.inv_freq)
         past = k_pos.shape[1] - N
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)

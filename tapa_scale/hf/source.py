@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import Config, ConfigError
-from ..model.config import ModelConfig, validate_model
+from ..model.config import ModelConfig, saved_rope_rule_problem, validate_model
 from ..train.checkpoint import full_state_dict, resolve_checkpoint
 
 
@@ -25,7 +25,11 @@ def read_config(ckpt: Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: not found; a checkpoint directory holds the run's config.yaml")
     try:
-        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)))
+        raw = OmegaConf.load(path)
+        problem = saved_rope_rule_problem(OmegaConf.to_container(raw))
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
     problems = validate_model(cfg.model)
@@ -39,8 +43,3 @@ def open_checkpoint(path: str | Path) -> tuple[Path, Config, dict[str, torch.Ten
     ckpt = resolve_checkpoint(path)
     cfg = read_config(ckpt)
     return ckpt, cfg, full_state_dict(ckpt)
-
-
-def effective_original_length(model: ModelConfig, seq_len: int) -> int:
-    """YaRN's original length as training used it: model.rope.original_length, 0 meaning data.seq_len."""
-    return model.rope.original_length or seq_len

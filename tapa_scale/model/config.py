@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..ops.attention import ENCODINGS, IMPLS, PositionalEncoding
+from ..ops.attention import ENCODINGS, IMPLS, ROTARY, PositionalEncoding
 from ..ops.tapa_reference import PHASES, tapa_amp_dims
 
 
@@ -16,11 +16,15 @@ class TapaConfig:
 
 @dataclass
 class RopeConfig:
-    base: float = 10000.0       # rope, pi, yarn
-    scale: float = 1.0          # pi, yarn: context extension factor
-    original_length: int = 0    # yarn: training length of the base model (0 = data.seq_len)
-    beta_fast: float = 32.0
+    """The RoPE family's parameters, named after transformers' `rope_theta` / `rope_scaling` keys."""
+    base: float = 10000.0       # rope_theta (rope, pi, yarn, llama3)
+    scale: float = 1.0          # factor (pi, yarn, llama3): context extension factor
+    original_length: int = 0    # original_max_position_embeddings (yarn, llama3); 0 = data.seq_len
+    beta_fast: float = 32.0     # yarn ramp bounds, in turns over original_length
     beta_slow: float = 1.0
+    attention_factor: float = 0.0  # yarn: factor on cos and sin; 0 = 0.1 ln(scale) + 1
+    low_freq_factor: float = 1.0   # llama3: wavelengths above original_length / low_freq_factor are scaled
+    high_freq_factor: float = 4.0  # llama3: wavelengths below original_length / high_freq_factor are kept
 
 
 @dataclass
@@ -34,7 +38,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    pos_encoding: str = "tapa"  # tapa | rope | pi | yarn | nope | alibi
+    pos_encoding: str = "tapa"  # tapa | rope | pi | yarn | llama3 | nope | alibi
     attention_impl: str = "auto"  # auto | reference | triton (TAPA only)
     tapa: TapaConfig = field(default_factory=TapaConfig)
     rope: RopeConfig = field(default_factory=RopeConfig)
@@ -56,7 +60,9 @@ class ModelConfig:
         return PositionalEncoding(kind=self.pos_encoding, alpha=t.alpha, theta=t.theta, phase=t.phase,
                                   rope_base=r.base, scale=r.scale,
                                   original_length=r.original_length or seq_len,
-                                  beta_fast=r.beta_fast, beta_slow=r.beta_slow)
+                                  beta_fast=r.beta_fast, beta_slow=r.beta_slow,
+                                  attention_factor=r.attention_factor, low_freq_factor=r.low_freq_factor,
+                                  high_freq_factor=r.high_freq_factor)
 
 
 # Model keys that choose how the same function is computed, not which function: a run may resume
@@ -67,7 +73,7 @@ IMPLEMENTATION_KEYS = ("attention_impl",)
 
 def model_identity(m: ModelConfig, seq_len: int) -> dict:
     """The model keys that define the function, flattened to dotted names, with defaults resolved
-    (0 = derived sizes, YaRN's original length 0 = seq_len): two configs describe the same model
+    (0 = derived sizes, the original length 0 = seq_len): two configs describe the same model
     exactly when these are equal."""
     flat = {}
     for key, value in asdict(m).items():
@@ -107,10 +113,37 @@ def validate_model(m: ModelConfig) -> list[str]:
         errs.append(f"model.tapa.alpha={m.tapa.alpha}: must be > 0")
     if m.tapa.phase not in PHASES:
         errs.append(f"model.tapa.phase={m.tapa.phase!r}: expected one of {', '.join(PHASES)}")
-    if m.pos_encoding in ("rope", "pi", "yarn") and m.head_dim % 2:
+    if m.pos_encoding in ROTARY and m.head_dim % 2:
         errs.append(f"model.pos_encoding={m.pos_encoding} needs an even head dim, got {m.head_dim}")
     if not m.rope.base > 1.0:
         errs.append(f"model.rope.base={m.rope.base}: must be > 1")
     if not m.rope.scale >= 1.0:
         errs.append(f"model.rope.scale={m.rope.scale}: must be >= 1")
+    if not m.rope.beta_fast > m.rope.beta_slow > 0:
+        errs.append(f"model.rope.beta_fast={m.rope.beta_fast}, beta_slow={m.rope.beta_slow}: "
+                    f"expected beta_fast > beta_slow > 0")
+    if m.rope.attention_factor < 0:
+        errs.append(f"model.rope.attention_factor={m.rope.attention_factor}: must be >= 0 (0 = derived)")
+    if not m.rope.high_freq_factor > m.rope.low_freq_factor > 0:
+        errs.append(f"model.rope.low_freq_factor={m.rope.low_freq_factor}, high_freq_factor="
+                    f"{m.rope.high_freq_factor}: expected high_freq_factor > low_freq_factor > 0")
     return errs
+
+
+# A key every config.yaml has carried since YaRN follows transformers' definition (a ramp linear in the
+# pair index); a yarn model whose saved config lacks it was trained with the earlier ramp (linear in
+# turns over the original length), whose frequencies differ.
+YARN_DEFINITION_KEY = "attention_factor"
+
+
+def saved_rope_rule_problem(raw: dict) -> str:
+    """Why a saved config (the raw mapping of a checkpoint's config.yaml) cannot be loaded as the model
+    it names, or "": a YaRN model trained under the earlier frequency rule would compute another
+    function under today's, and no exact conversion exists."""
+    model = (raw or {}).get("model") or {}
+    if model.get("pos_encoding") == "yarn" and YARN_DEFINITION_KEY not in (model.get("rope") or {}):
+        return ("model.pos_encoding=yarn was written with the earlier YaRN rule (ramp linear in turns over "
+                "the original length); today's is transformers' (ramp linear in the pair index), so these "
+                "weights are not the same model under it: retrain, or fine-tune from them under today's "
+                "rule with train.init_from (docs/hf.md, YaRN)")
+    return ""

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from . import rope
 from .chunked import as_position_rows, check_qkv, chunked_attention
 
-ENCODINGS = ("tapa", "rope", "pi", "yarn", "nope", "alibi")
+ENCODINGS = ("tapa", "rope", "pi", "yarn", "llama3", "nope", "alibi")
+ROTARY = ("rope", "pi", "yarn", "llama3")  # the encodings that rotate q and k (tapa_scale/ops/rope.py)
 IMPLS = ("auto", "reference", "triton")
 
 
@@ -29,11 +30,14 @@ class PositionalEncoding:
     alpha: float = 0.1             # TAPA distance exponent
     theta: float = 0.5             # TAPA amplitude share of the head dim
     phase: str = "quadratic"       # TAPA phase form: quadratic | linear
-    rope_base: float = 10000.0     # rope, pi, yarn
-    scale: float = 1.0             # pi, yarn: context extension factor
-    original_length: int = 0       # yarn: the context length the base model was trained at
+    rope_base: float = 10000.0     # rope, pi, yarn, llama3
+    scale: float = 1.0             # pi, yarn, llama3: context extension factor
+    original_length: int = 0       # yarn, llama3: the context length the base model was trained at
     beta_fast: float = 32.0        # yarn ramp
     beta_slow: float = 1.0
+    attention_factor: float = 0.0  # yarn: factor on cos/sin; 0 = 0.1 ln(scale) + 1
+    low_freq_factor: float = 1.0   # llama3 wavelength bounds: original_length / these
+    high_freq_factor: float = 4.0
     num_heads: int = 0             # alibi: the model's query heads (0: the heads attention is given)
 
     def __post_init__(self):
@@ -41,13 +45,23 @@ class PositionalEncoding:
             raise ValueError(f"positional encoding must be one of {ENCODINGS}, got {self.kind!r}")
 
     def inv_freq(self, head_dim: int) -> torch.Tensor:
-        """Rotary frequencies of rope / pi / yarn."""
+        """Rotary frequencies of rope / pi / yarn / llama3."""
         if self.kind == "pi":
             return rope.pi_inv_freq(head_dim, self.rope_base, self.scale)
         if self.kind == "yarn":
             return rope.yarn_inv_freq(head_dim, self.rope_base, self.scale, self.original_length,
                                       self.beta_fast, self.beta_slow)
+        if self.kind == "llama3":
+            return rope.llama3_inv_freq(head_dim, self.rope_base, self.scale, self.original_length,
+                                        self.low_freq_factor, self.high_freq_factor)
         return rope.rope_inv_freq(head_dim, self.rope_base)
+
+    def logit_factor(self) -> float:
+        """What the rotary encodings multiply q.k by: YaRN's attention factor squared (it scales both
+        cos and sin of q and of k), 1 for the others."""
+        if self.kind != "yarn":
+            return 1.0
+        return (self.attention_factor or rope.yarn_attention_factor(self.scale)) ** 2
 
     def alibi_slopes(self, local_heads: int, head_offset: int = 0) -> torch.Tensor:
         """Slopes of global heads head_offset .. head_offset + local_heads - 1: a tensor-parallel rank
@@ -168,12 +182,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: Posit
     D = q.shape[-1]
     scale = 1.0 / math.sqrt(D)
     slopes = None
-    if encoding.kind in ("rope", "pi", "yarn"):
+    if encoding.kind in ROTARY:
         inv_freq = encoding.inv_freq(D)
         q = rope.apply_rotary(q, as_position_rows(q_positions, q.shape[0], q.shape[2], q.device, "q_positions"), inv_freq)
         k = rope.apply_rotary(k, as_position_rows(k_positions, k.shape[0], k.shape[2], k.device, "k_positions"), inv_freq)
-        if encoding.kind == "yarn":
-            scale *= rope.yarn_logit_scale(encoding.scale)
+        scale *= encoding.logit_factor()
     elif encoding.kind == "alibi":
         slopes = encoding.alibi_slopes(q.shape[1], head_offset)
     if _sdpa_applies(q, k, impl, slopes, masks):

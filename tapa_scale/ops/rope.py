@@ -1,13 +1,24 @@
 """The RoPE family and the other baselines TAPA is compared with, as small functions of positions.
 
-- RoPE (Su et al.): rotate pairs (x_i, x_{i+D/2}) of q and k by angle pos * base^(-2i/D) ("rotate half"
-  layout, as Llama checkpoints use), then a dot product scaled by 1/sqrt(D).
-- Position interpolation (Chen et al.): RoPE at positions pos / scale.
-- YaRN (Peng et al.): per frequency, interpolate (divide by scale) the long wavelengths, keep the short
-  ones, ramp linearly in between by the number of rotations r = original_length / wavelength
-  (r < beta_slow: interpolate, r > beta_fast: keep); logits are multiplied by (0.1 ln(scale) + 1)^2.
+Each rule is defined once, here, and equals the definition transformers applies when it loads a Llama
+checkpoint with that `rope_scaling` (`modeling_rope_utils`, which follows each method's authors):
+
+- RoPE (Su et al.; rope_type "default"): rotate pairs (x_i, x_{i+D/2}) of q and k by angle
+  pos * base^(-2i/D) ("rotate half" layout, as Llama checkpoints use), then a dot product scaled by
+  1/sqrt(D).
+- Position interpolation (Chen et al.; "linear"): every frequency divided by the scale.
+- YaRN (Peng et al.; "yarn"): per pair index i, a ramp linear in i between the dimensions whose
+  wavelength makes beta_fast and beta_slow turns over the original length (bounds floored and ceiled)
+  blends kept frequencies (short wavelengths) into interpolated ones (divided by the scale); cos and sin
+  are multiplied by the attention factor 0.1 ln(scale) + 1 (unless given), so logits by its square.
+- Llama 3 (rope_type "llama3"): wavelengths shorter than original_length / high_freq_factor are kept,
+  longer than original_length / low_freq_factor divided by the factor, and in between blended by
+  (original_length / wavelength - low) / (high - low).
 - ALiBi (Press et al.): no rotation; the logit gets -slope_h * |m - n|, slopes a geometric sequence.
 - NoPE: no positional signal at all beyond the causal mask.
+
+transformers computes the frequencies and angles in float32; here they are float64 (positions of 128k
+and beyond keep their precision), so the two agree to float32 rounding of the angle.
 """
 from __future__ import annotations
 
@@ -32,21 +43,49 @@ def pi_inv_freq(head_dim: int, base: float, scale: float) -> torch.Tensor:
     return rope_inv_freq(head_dim, base) / scale
 
 
+def yarn_correction_range(head_dim: int, base: float, original_length: int, beta_fast: float,
+                          beta_slow: float) -> tuple[int, int]:
+    """The pair indices [low, high] between which YaRN ramps: the (fractional) index whose wavelength
+    makes `beta` turns over the original length is D ln(L / (2 pi beta)) / (2 ln base); low is floored
+    (from beta_fast), high ceiled (from beta_slow), both clipped to [0, D - 1]."""
+    def index(turns):
+        return head_dim * math.log(original_length / (turns * 2 * math.pi)) / (2 * math.log(base))
+    return max(math.floor(index(beta_fast)), 0), min(math.ceil(index(beta_slow)), head_dim - 1)
+
+
 def yarn_inv_freq(head_dim: int, base: float, scale: float, original_length: int,
                   beta_fast: float = 32.0, beta_slow: float = 1.0) -> torch.Tensor:
-    """YaRN "NTK-by-parts" frequencies: interpolate low frequencies, keep high ones, ramp between."""
+    """YaRN "NTK-by-parts" frequencies: kept below pair index `low`, interpolated (divided by scale)
+    above `high`, ramped linearly in the pair index between (yarn_correction_range)."""
     if not scale >= 1.0 or original_length <= 0 or not beta_fast > beta_slow:
         raise ValueError(f"YaRN needs scale >= 1, original_length > 0, beta_fast > beta_slow; got "
                          f"scale={scale}, original_length={original_length}, beta=({beta_fast}, {beta_slow})")
     inv_freq = rope_inv_freq(head_dim, base)
-    rotations = original_length * inv_freq / (2 * math.pi)  # turns each pair makes over the original context
-    keep = ((rotations - beta_slow) / (beta_fast - beta_slow)).clamp(0.0, 1.0)
+    low, high = yarn_correction_range(head_dim, base, original_length, beta_fast, beta_slow)
+    ramp = (torch.arange(head_dim // 2, dtype=torch.float64) - low) / ((high - low) or 0.001)
+    keep = 1.0 - ramp.clamp(0.0, 1.0)
     return keep * inv_freq + (1.0 - keep) * inv_freq / scale
 
 
-def yarn_logit_scale(scale: float) -> float:
-    """Factor YaRN multiplies the logits by: (0.1 ln s + 1)^2 (the square of its q/k temperature)."""
-    return (0.1 * math.log(scale) + 1.0) ** 2 if scale > 1.0 else 1.0
+def yarn_attention_factor(scale: float) -> float:
+    """YaRN's default factor on cos and sin: 0.1 ln(scale) + 1 (1 for scale <= 1)."""
+    return 0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0
+
+
+def llama3_inv_freq(head_dim: int, base: float, factor: float, original_length: int,
+                    low_freq_factor: float = 1.0, high_freq_factor: float = 4.0) -> torch.Tensor:
+    """Llama 3.1's frequencies: short wavelengths kept, long ones divided by `factor`, a blend between."""
+    if not factor >= 1.0 or original_length <= 0 or not high_freq_factor > low_freq_factor > 0:
+        raise ValueError(f"llama3 scaling needs factor >= 1, original_length > 0, high_freq_factor > "
+                         f"low_freq_factor > 0; got factor={factor}, original_length={original_length}, "
+                         f"low/high=({low_freq_factor}, {high_freq_factor})")
+    inv_freq = rope_inv_freq(head_dim, base)
+    wavelength = 2 * math.pi / inv_freq
+    blend = ((original_length / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor))
+    blended = (1.0 - blend) * inv_freq / factor + blend * inv_freq
+    out = torch.where(wavelength > original_length / low_freq_factor, inv_freq / factor, inv_freq)
+    medium = (wavelength >= original_length / high_freq_factor) & (wavelength <= original_length / low_freq_factor)
+    return torch.where(medium, blended, out)
 
 
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import Config, ConfigError
-from ..model.config import model_identity
+from ..model.config import model_identity, saved_rope_rule_problem
 from . import checkpoint as ckpt
 from .saver import chunks_of as _chunks, layout_of, next_batch_fingerprint
 from .sharded import DIST, RNG, load_rng, load_sharded
@@ -48,6 +48,9 @@ def check_compatible(saved_cfg_yaml: str, cfg, where: Path) -> None:
     """Refuse, in one line, a resume that changes what cannot be resharded or continued. Model keys
     are compared resolved (0 = derived sizes, YaRN's original length); implementation-only keys
     (model.attention_impl) may change."""
+    problem = saved_rope_rule_problem(yaml.safe_load(saved_cfg_yaml))
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     saved = _typed(saved_cfg_yaml, where)
     now = model_identity(cfg.model, cfg.data.seq_len)
     pairs = [(f"model.{k}", v, now.get(k)) for k, v in model_identity(saved.model, saved.data.seq_len).items()]
@@ -59,7 +62,7 @@ def check_compatible(saved_cfg_yaml: str, cfg, where: Path) -> None:
 
 
 def resolve_original_length(cfg, is_main: bool) -> None:
-    """Fix YaRN's original length (model.rope.original_length, 0 = unset) once, before the model is
+    """Fix the original length of YaRN and llama3 scaling (model.rope.original_length, 0 = unset) once, before the model is
     built: the value of the checkpoint this run continues (its own, else train.init_from's), else
     this first run's data.seq_len. Without it a later stage at a longer data.seq_len would silently
     move the frequencies. Collective; the resolved value goes into config.yaml of run and checkpoints."""

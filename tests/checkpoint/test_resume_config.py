@@ -3,7 +3,6 @@
 Would catch: a resume refused because only model.attention_impl changed (it picks how attention is
 computed, not the model); a real model change let through or reported as more than one line; YaRN's
 original length following a later stage's longer data.seq_len (moving the frequencies)."""
-import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from tapa_scale.config import Config, ConfigError, to_yaml
 from tapa_scale.model.config import ModelConfig
 from tapa_scale.train.resume import check_compatible
 from tests.checkpoint.harness import records, train
+from tests.helpers import transformers_inv_freq
 
 
 def _saved(**model) -> str:
@@ -36,14 +36,28 @@ def test_implementation_keys_may_change_model_keys_may_not():
                                    "written with 0.1") and "\n" not in str(e.value)
 
 
-def _yarn_inv_freq(head_dim, base, scale, original, fast=32.0, slow=1.0):
-    """YaRN's NTK-by-parts frequencies, written out pair by pair."""
-    out = []
-    for i in range(head_dim // 2):
-        f = base ** (-2 * i / head_dim)
-        keep = min(1.0, max(0.0, (original * f / (2 * math.pi) - slow) / (fast - slow)))
-        out.append(keep * f + (1 - keep) * f / scale)
-    return out
+def test_a_yarn_checkpoint_of_the_earlier_rule_is_refused():
+    """A YaRN run saved before YaRN followed transformers' rule (its config.yaml has no
+    model.rope.attention_factor) cannot resume: its weights were trained under other frequencies."""
+    now = Config()
+    now.model.pos_encoding, now.model.rope.scale = "yarn", 4.0
+    saved = yaml.safe_load(_saved(pos_encoding="yarn", **{"rope.scale": 4.0}))
+    check_compatible(yaml.safe_dump(saved), now, Path("ckpt"))  # today's rule: resumes
+    del saved["model"]["rope"]["attention_factor"]
+    with pytest.raises(ConfigError) as e:
+        check_compatible(yaml.safe_dump(saved), now, Path("ckpt"))
+    assert str(e.value).startswith("ckpt: model.pos_encoding=yarn was written with the earlier YaRN rule")
+    assert "\n" not in str(e.value)
+    saved["model"]["pos_encoding"] = "rope"  # the rule of the other encodings did not change
+    now.model.pos_encoding = "rope"
+    check_compatible(yaml.safe_dump(saved), now, Path("ckpt"))
+
+
+def _yarn_inv_freq(head_dim, base, scale, original):
+    """transformers' YaRN frequencies for these settings."""
+    return transformers_inv_freq(head_dim, base, {"rope_type": "yarn", "factor": scale,
+                                                  "original_max_position_embeddings": original},
+                                 max_position_embeddings=int(original * scale))[0].tolist()
 
 
 def test_attention_impl_change_resumes_and_alpha_change_is_refused(tmp_path):
@@ -74,4 +88,4 @@ def test_yarn_original_length_stays_with_the_first_stage(tmp_path):
     from tapa_scale.hf.export import hf_config
     from tapa_scale.hf.source import read_config
     hf = hf_config(read_config(ckpts[-1]), 8192, {}, __import__("torch").float32)
-    assert hf.rope_original_length == 32
+    assert hf.rope_scaling["original_max_position_embeddings"] == 32 and hf.rope_scaling["factor"] == 4.0

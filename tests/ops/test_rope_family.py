@@ -6,6 +6,7 @@ import torch
 
 from tapa_scale.ops import PositionalEncoding, attention
 from tapa_scale.ops import rope
+from tests.helpers import transformers_inv_freq
 
 
 def test_rope_scores_depend_only_on_distance():
@@ -29,17 +30,57 @@ def test_pi_is_rope_at_scaled_positions():
     torch.testing.assert_close(got, want)
 
 
+# (kind, head_dim, base, scale, original length, extra): short and long wavelengths on both sides of the
+# ramp, Llama 3.1's settings (base 500000, factor 8, original 8192, low/high 1/4), a DeepSeek-like YaRN
+# factor 40, an explicit attention factor and non-default betas
+FREQUENCY_CASES = [
+    ("yarn", 64, 10000.0, 4.0, 2048, {}),
+    ("yarn", 128, 500000.0, 8.0, 8192, {"beta_fast": 16.0, "beta_slow": 2.0}),
+    ("yarn", 32, 10000.0, 40.0, 4096, {"attention_factor": 1.2}),
+    ("yarn", 16, 500.0, 2.0, 64, {}),
+    ("llama3", 128, 500000.0, 8.0, 8192, {"low_freq_factor": 1.0, "high_freq_factor": 4.0}),
+    ("llama3", 64, 10000.0, 32.0, 2048, {"low_freq_factor": 2.0, "high_freq_factor": 8.0}),
+    ("llama3", 16, 500.0, 4.0, 64, {"low_freq_factor": 1.0, "high_freq_factor": 2.0}),
+    ("pi", 64, 10000.0, 4.0, 0, {}),
+    ("rope", 128, 500000.0, 1.0, 0, {}),
+]
+HF_TYPE = {"rope": "default", "pi": "linear", "yarn": "yarn", "llama3": "llama3"}
+
+
+@pytest.mark.parametrize("case", FREQUENCY_CASES, ids=lambda c: f"{c[0]}-D{c[1]}-s{c[3]}")
+def test_rotary_frequencies_equal_transformers(case):
+    """Each rule against transformers' own ROPE_INIT_FUNCTIONS (float32 there, float64 here: equal to
+    a few float32 ulps), and the logit factor against its attention factor squared (it multiplies the
+    cos and sin of both q and k). Would catch YaRN's ramp taken linear in turns instead of in the pair
+    index, bounds not floored/ceiled, llama3's bands swapped, a missing attention factor."""
+    kind, D, base, scale, original, extra = case
+    enc = PositionalEncoding(kind, rope_base=base, scale=scale, original_length=original, **extra)
+    scaling = None
+    if kind != "rope":
+        scaling = {"rope_type": HF_TYPE[kind], "factor": scale, **extra}
+        if original:
+            scaling["original_max_position_embeddings"] = original
+    want, factor = transformers_inv_freq(D, base, scaling, max_position_embeddings=int((original or 64) * scale))
+    torch.testing.assert_close(enc.inv_freq(D), want, rtol=2e-6, atol=0)
+    assert enc.logit_factor() == pytest.approx(factor ** 2, rel=1e-12)
+
+
 def test_yarn_keeps_fast_dims_interpolates_slow_dims():
+    """The shape of the rule, independent of any implementation: pairs that turn more than beta_fast
+    times over the original length keep their frequency, fewer than beta_slow times are divided by
+    the scale, and those between lie strictly between (a ramp, not a step)."""
     base, D, s, L = 10000.0, 64, 8.0, 4096
     f, y = rope.rope_inv_freq(D, base), rope.yarn_inv_freq(D, base, s, L)
-    rotations = L * f / (2 * math.pi)
-    fast, slow = rotations > 32, rotations < 1
+    turns = L * f / (2 * math.pi)
+    fast, slow = turns > 32, turns < 1
     assert fast.any() and slow.any()
     torch.testing.assert_close(y[fast], f[fast])
     torch.testing.assert_close(y[slow], f[slow] / s)
-    mid = ~fast & ~slow
-    assert torch.all((y[mid] < f[mid]) & (y[mid] > f[mid] / s))
-    assert rope.yarn_logit_scale(s) == pytest.approx((0.1 * math.log(8) + 1) ** 2)
+    low, high = rope.yarn_correction_range(D, base, L, 32.0, 1.0)
+    inner = slice(low + 1, high)
+    assert torch.all((y[inner] < f[inner]) & (y[inner] > f[inner] / s))
+    assert PositionalEncoding("yarn", scale=s, original_length=L).logit_factor() == \
+        pytest.approx((0.1 * math.log(8) + 1) ** 2)
     torch.testing.assert_close(rope.yarn_inv_freq(D, base, 1.0, L), f)
 
 
@@ -96,11 +137,11 @@ def test_nope_is_plain_causal_attention_and_rope_rotates_first():
     yarn = PositionalEncoding("yarn", scale=4.0, original_length=8)
     f = yarn.inv_freq(8)
     want = naive(rope.apply_rotary(q, pos, f), rope.apply_rotary(k, pos, f), v,
-                 scale=rope.yarn_logit_scale(4.0) / math.sqrt(8))
+                 scale=yarn.logit_factor() / math.sqrt(8))
     torch.testing.assert_close(attention(q, k, v, yarn), want)
 
 
-@pytest.mark.parametrize("kind", ["rope", "pi", "yarn", "alibi", "nope", "tapa"])
+@pytest.mark.parametrize("kind", ["rope", "pi", "yarn", "llama3", "alibi", "nope", "tapa"])
 def test_query_shard_with_global_positions_equals_full_sequence(kind):
     """What context parallelism needs: the last 5 queries, given their global positions, against all
     keys produce exactly the last 5 rows of the full computation, and the lse of those rows."""

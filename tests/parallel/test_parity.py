@@ -22,7 +22,7 @@ from tapa_scale.ops import ENCODINGS
 SCRIPT = HERE / "parity_script.py"
 TWO = ["tp2", "tp2-sp", "pp2", "pp2-vpp2", "cp2", "cp2-ring", "cp2-plain", "cp2-ring-plain", "dp2"]
 FOUR = ["tp2-pp2", "tp2-cp2-sp-ring", "dp2-pp2-vpp2"]
-BASELINES = [e for e in ENCODINGS if e != "tapa"]
+BASELINES = [e for e in ENCODINGS if e != "tapa"]  # one training step each (parity_script.steps_for)
 ENCODED = [f"{layout}-{enc}" for enc in BASELINES for layout in ("tp2", "cp2-ring")]
 GRAD_TOL, LOSS_RTOL = 1e-5, 2e-6
 
