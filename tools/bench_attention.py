@@ -7,7 +7,10 @@
 Cells: N in --lengths with batch B = max(1, tokens // N), --heads heads of --head-dim, causal, bf16.
 Methods: tapa_triton (the fused kernel, fast cos), tapa_triton_accurate_cos (libdevice cos/sin),
 tapa_reference (pure PyTorch, only up to --ref-max-len), sdpa_flash and sdpa_cudnn (RoPE applied to q and
-k with cached cos/sin tables, then torch SDPA with that backend; `attn_ms` also times SDPA alone).
+k with cached cos/sin tables, then torch SDPA with that backend; `attn_ms` also times SDPA alone), and
+with packed documents (--docs per row, positions restarting in each): tapa_triton_docs (the kernel with
+segment ids) against rope_flex_docs (tapa_scale.ops.attention with RoPE, which on CUDA runs the compiled
+FlexAttention block mask: what a RoPE baseline trains with under train.document_masking).
 FLOPs (causal): forward 2*B*H*N^2*D, the causal half of the dense 4*B*H*N^2*D; forward+backward 3.5x
 that (the backward's five N^2*D matmuls against the forward's two). Every method is credited the same
 FLOPs, so TFLOP/s compare wall time; TAPA's extra elementwise work (pow, cos, sin) is not counted.
@@ -31,7 +34,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DEVICE, DTYPE = "cuda", torch.bfloat16
-METHODS = ("tapa_triton", "tapa_triton_accurate_cos", "tapa_reference", "sdpa_flash", "sdpa_cudnn")
+METHODS = ("tapa_triton", "tapa_triton_accurate_cos", "tapa_reference", "sdpa_flash", "sdpa_cudnn",
+           "tapa_triton_docs", "rope_flex_docs")
+DOCS = 4  # documents per row for the *_docs methods (main() may change it)
 # Candidate tile configurations (block_m, block_n, num_warps, num_stages) for --sweep: few, so that
 # compiling all of them fits a short GPU run.
 SWEEP = {
@@ -65,6 +70,15 @@ def make_fn(method, q, k, v, configs=None):
     from tapa_scale.ops.tapa_reference import tapa_attention_reference
     from tapa_scale.ops.tapa_triton import tapa_attention_triton
 
+    if method.endswith("_docs"):
+        from tapa_scale.ops import PositionalEncoding, attention
+        N = q.shape[2]
+        seg = (torch.arange(N, device=q.device) * DOCS) // N
+        pos = torch.arange(N, device=q.device) - torch.searchsorted(seg, seg)  # restarts in each document
+        docs = dict(q_positions=pos, k_positions=pos, q_segment_ids=seg, k_segment_ids=seg)
+        if method == "tapa_triton_docs":
+            return lambda: tapa_attention_triton(q, k, v, causal=True, configs=configs, **docs)
+        return lambda: attention(q, k, v, PositionalEncoding("rope"), **docs)
     if method.startswith("tapa_triton"):
         return lambda: tapa_attention_triton(q, k, v, causal=True, configs=configs)
     if method == "tapa_reference":
@@ -159,10 +173,14 @@ def print_row(r):
 
 
 def ratios(rows):
-    """tapa_triton speed relative to each SDPA backend (with RoPE, and SDPA alone), per N and mode."""
+    """tapa_triton speed relative to each SDPA backend (with RoPE, and SDPA alone), and tapa_triton_docs
+    relative to rope_flex_docs, per N and mode."""
     ok = {(r["method"], r["N"], r["mode"]): r for r in rows if r["status"] == "ok"}
     out = []
     for (m, N, mode), r in ok.items():
+        b = ok.get(("rope_flex_docs", N, mode))
+        if m == "tapa_triton_docs" and b:
+            out.append(dict(N=N, mode=mode, vs="rope_flex_docs", speed_ratio=round(b["ms"] / r["ms"], 3)))
         if m != "tapa_triton":
             continue
         for base in ("sdpa_flash", "sdpa_cudnn"):
@@ -247,14 +265,17 @@ def ptxas_report(args):
 
 
 def main(argv=None) -> int:
+    global DOCS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default="2048,8192,16384,32768,65536,131072", help="comma-separated N")
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--tokens", type=int, default=16384, help="tokens per cell: batch = max(1, tokens // N)")
     p.add_argument("--modes", default="fwd,fwd_bwd", help="comma-separated: fwd, fwd_bwd")
-    p.add_argument("--methods", default="tapa_triton,tapa_reference,sdpa_flash,sdpa_cudnn",
+    p.add_argument("--methods", default="tapa_triton,tapa_reference,sdpa_flash,sdpa_cudnn,tapa_triton_docs,"
+                   "rope_flex_docs",
                    help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--docs", type=int, default=DOCS, help="documents per row for the *_docs methods")
     p.add_argument("--ref-max-len", type=int, default=8192, help="run tapa_reference only up to this N")
     p.add_argument("--sweep", action="store_true", help="time the tile configurations at the first length")
     p.add_argument("--ptxas", action="store_true",
@@ -271,6 +292,8 @@ def main(argv=None) -> int:
         bad = [m for m in args.modes if m not in ("fwd", "fwd_bwd")] + [m for m in args.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown mode/method {bad}")
+        if args.docs < 1:
+            raise ValueError(f"--docs {args.docs}: expected >= 1")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -286,6 +309,7 @@ def main(argv=None) -> int:
         print("bench_attention needs a CUDA GPU (none is visible); nothing was measured.", file=sys.stderr)
         return 2
     import triton
+    DOCS = args.docs
     deadline = time.time() + args.max_seconds
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                   args={k: v for k, v in vars(args).items()})
@@ -296,8 +320,8 @@ def main(argv=None) -> int:
         result["results"] = grid(args, deadline)
         result["ratios"] = ratios(result["results"])
         for r in result["ratios"]:
-            print(f"N={r['N']:>6} {r['mode']:7s} tapa_triton / {r['vs']}: {r['speed_ratio']:.2f}x "
-                  f"(vs SDPA alone {r['speed_ratio_vs_attn_only']:.2f}x)")
+            alone = f" (vs SDPA alone {r['speed_ratio_vs_attn_only']:.2f}x)" if "speed_ratio_vs_attn_only" in r else ""
+            print(f"N={r['N']:>6} {r['mode']:7s} tapa_triton / {r['vs']}: {r['speed_ratio']:.2f}x{alone}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -107,7 +107,8 @@ def _ran(impl: str) -> None:
 
 def last_attention_impl() -> Optional[str]:
     """What the latest attention call in this process ran: "triton" (the fused TAPA kernel),
-    "reference" (pure PyTorch, TAPA or a baseline) or "sdpa" (torch SDPA, baselines only); None before
+    "reference" (pure PyTorch, TAPA or a baseline), "sdpa" (torch SDPA, baselines with a plain causal
+    mask) or "flex" (FlexAttention, baselines with documents, positions or ALiBi on CUDA); None before
     any call. The training loop logs it in every metrics.jsonl record (key attention_impl)."""
     return _last_impl
 
@@ -193,9 +194,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: Posit
         _ran("sdpa")
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
+    if q.is_cuda and impl != "reference" and not return_lse:  # packed documents, positions, ALiBi
+        _ran("flex")
+        return flex_attention_of(q, k, v, scale=scale, slopes=slopes, **masks)
     score_fn = partial(dot_product_scores, scale=scale, slopes=slopes)
     _ran("reference")
     return chunked_attention(q, k, v, score_fn, **masks)
+
+
+def flex_attention_of(q, k, v, *, scale, slopes, causal, q_positions, k_positions, q_segment_ids,
+                      k_segment_ids, return_lse=False):
+    """The dot-product score under FlexAttention (ops/flex.py), with attention()'s position and segment
+    arguments; what impl="auto" runs on CUDA where SDPA's plain causal mask does not apply."""
+    from .flex import flex_dot_product_attention
+
+    if return_lse or (q_segment_ids is None) != (k_segment_ids is None):
+        raise ValueError("flex attention: no lse, and q/k segment ids must be given together")
+    B, Nq, Nk = q.shape[0], q.shape[2], k.shape[2]
+    rows = lambda ids, n, name: None if ids is None else as_position_rows(ids, B, n, q.device, name)  # noqa: E731
+    q_pos, k_pos = as_position_rows(q_positions, B, Nq, q.device, "q_positions"), \
+        as_position_rows(k_positions, B, Nk, q.device, "k_positions")
+    return flex_dot_product_attention(q, k, v, scale=scale, slopes=slopes, causal=causal, q_pos=q_pos, k_pos=k_pos,
+                                      q_seg=rows(q_segment_ids, Nq, "q_segment_ids"),
+                                      k_seg=rows(k_segment_ids, Nk, "k_segment_ids"))
 
 
 def _sdpa_applies(q, k, impl, slopes, masks) -> bool:

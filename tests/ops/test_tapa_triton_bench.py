@@ -79,6 +79,10 @@ def test_cells_run_and_record_errors_on_cpu(bench, monkeypatch):
     rows[4].update(status="ok", ms=2.0, attn_ms=1.5)
     (ratio,) = bench.ratios(rows[:1] + rows[4:5])
     assert ratio["speed_ratio"] == 2.0 and ratio["speed_ratio_vs_attn_only"] == 1.5
+    docs = [bench.run_cell(m, 64, 1, 2, 32, "fwd_bwd") for m in ("tapa_triton_docs", "rope_flex_docs")]
+    assert [r["status"] for r in docs] == ["ok", "ok"], docs
+    docs[0]["ms"], docs[1]["ms"] = 1.0, 3.0
+    assert bench.ratios(docs) == [dict(N=64, mode="fwd_bwd", vs="rope_flex_docs", speed_ratio=3.0)]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs for real, for minutes")
