@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from tapa_scale.config import Config, ConfigError, to_yaml
-from tapa_scale.model.config import ModelConfig
 from tapa_scale.train.resume import check_compatible
 from tests.checkpoint.harness import records, train
 from tests.helpers import transformers_inv_freq
@@ -53,13 +52,6 @@ def test_a_yarn_checkpoint_of_the_earlier_rule_is_refused():
     check_compatible(yaml.safe_dump(saved), now, Path("ckpt"))
 
 
-def _yarn_inv_freq(head_dim, base, scale, original):
-    """transformers' YaRN frequencies for these settings."""
-    return transformers_inv_freq(head_dim, base, {"rope_type": "yarn", "factor": scale,
-                                                  "original_max_position_embeddings": original},
-                                 max_position_embeddings=int(original * scale))[0].tolist()
-
-
 def test_attention_impl_change_resumes_and_alpha_change_is_refused(tmp_path):
     run = tmp_path / "run"
     train(1, f"run.dir={run}", "train.steps=1", "model.attention_impl=reference")
@@ -70,22 +62,36 @@ def test_attention_impl_change_resumes_and_alpha_change_is_refused(tmp_path):
     assert len(errors) == 1 and "model.tapa.alpha=0.2" in errors[0] and "0.1" in errors[0], out[-2000:]
 
 
-def test_yarn_original_length_stays_with_the_first_stage(tmp_path):
-    yarn = ["model.pos_encoding=yarn", "model.rope.scale=4.0", "train.steps=1"]
-    first, second = tmp_path / "first", tmp_path / "second"
-    train(1, f"run.dir={first}", *yarn, "data.seq_len=32")
-    train(1, f"run.dir={second}", *yarn, "data.seq_len=64", f"train.init_from={first}")
-    ckpts = sorted((second / "checkpoints").glob("step_*"))
-    for path in (second / "config.yaml", ckpts[-1] / "config.yaml"):
-        saved = yaml.safe_load(path.read_text())
-        assert saved["data"]["seq_len"] == 64 and saved["model"]["rope"]["original_length"] == 32, path
-    m = ModelConfig(**{k: v for k, v in saved["model"].items() if k not in ("tapa", "rope")})
-    m.rope.original_length, m.rope.scale = saved["model"]["rope"]["original_length"], 4.0
-    m.pos_encoding = "yarn"
-    got = m.encoding(64).inv_freq(m.head_dim).tolist()
-    assert got == pytest.approx(_yarn_inv_freq(m.head_dim, 10000.0, 4.0, 32), rel=1e-6)
-    assert got != pytest.approx(_yarn_inv_freq(m.head_dim, 10000.0, 4.0, 64), rel=1e-6)
-    from tapa_scale.hf.export import hf_config
-    from tapa_scale.hf.source import read_config
-    hf = hf_config(read_config(ckpts[-1]), 8192, {}, __import__("torch").float32)
-    assert hf.rope_scaling["original_max_position_embeddings"] == 32 and hf.rope_scaling["factor"] == 4.0
+def test_extending_rope_keeps_the_first_stage_length_and_exports_what_transformers_loads(tmp_path, process_group):
+    """A RoPE run at 32 tokens extended to 64 by YaRN and by llama3 scaling (train.init_from): the
+    original length is the first stage's 32 (not the new seq_len) in config.yaml of run and checkpoint,
+    the frequencies are transformers' for it, and the extended checkpoint's export, loaded by
+    transformers as a plain Llama, gives our model's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tapa_scale.eval.loading import load_checkpoint_model
+    from tapa_scale.hf.export import export_to_hf
+
+    first = tmp_path / "first"
+    train(1, f"run.dir={first}", "model.pos_encoding=rope", "train.steps=1", "data.seq_len=32")
+    for kind in ("yarn", "llama3"):
+        second = tmp_path / kind
+        train(1, f"run.dir={second}", f"model.pos_encoding={kind}", "model.rope.scale=4.0", "train.steps=1",
+              "data.seq_len=64", f"train.init_from={first}")
+        ckpt = sorted((second / "checkpoints").glob("step_*"))[-1]
+        for path in (second / "config.yaml", ckpt / "config.yaml"):
+            saved = yaml.safe_load(path.read_text())
+            assert saved["data"]["seq_len"] == 64 and saved["model"]["rope"]["original_length"] == 32, path
+        ours, cfg, _ = load_checkpoint_model(ckpt)
+        scaling = {"rope_type": kind, "factor": 4.0, "original_max_position_embeddings": 32,
+                   **({"low_freq_factor": 1.0, "high_freq_factor": 4.0} if kind == "llama3" else {})}
+        want = transformers_inv_freq(cfg.model.head_dim, 10000.0, scaling, max_position_embeddings=128)[0]
+        torch.testing.assert_close(cfg.model.encoding(64).inv_freq(cfg.model.head_dim), want, rtol=2e-6, atol=0)
+        hf_dir = export_to_hf(ckpt, tmp_path / f"{kind}-hf")
+        theirs = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+        assert theirs.config.rope_scaling["original_max_position_embeddings"] == 32
+        ids = torch.randint(0, 8192, (2, 128), generator=torch.Generator().manual_seed(0))  # 4x the first stage
+        with torch.no_grad():
+            a, b = ours(ids, None, None).float(), theirs(ids).logits
+        assert ((a - b).abs().max() / b.abs().max()).item() <= 2e-5, kind
