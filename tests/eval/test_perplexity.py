@@ -38,16 +38,33 @@ def test_nll_matches_brute_force_with_context_dependent_model():
 
 
 def test_eval_tool_on_a_checkpoint(trained_run, tmp_path):
+    """One run of the tool with perplexity and two retrieval tasks: the JSON keeps today's keys and adds
+    the asked-for sections only, with a CSV per task; bad input is one line and exit code 2."""
     text = tmp_path / "book.txt"
     text.write_text("It was the best of times, it was the worst of times. " * 60)
     out = tmp_path / "eval.json"
     run_cli("tools/eval_long_context.py", "--checkpoint", str(trained_run), "--text", str(text),
-            "--lengths", "64,128", "--stride", "32", "--json", str(out))
+            "--tasks", "ppl,passkey,vt", "--lengths", "256,512", "--stride", "32", "--depths", "0,1",
+            "--trials", "2", "--json", str(out))
     result = json.loads(out.read_text())
-    assert set(result["ppl"]) == {"64", "128"}
+    assert set(result["ppl"]) == {"256", "512"}
     assert all(math.isfinite(v) and v > 1 for v in result["ppl"].values())
-    assert result["tokens"]["64"] == result["tokens"]["128"] > 100
-    assert result["pos_encoding"] == "tapa"
+    assert result["tokens"]["256"] == result["tokens"]["512"] > 100
+    assert result["pos_encoding"] == "tapa" and result["meta"]["encoding"] == "tapa"
+    assert set(result["passkey"]["256"]) == {"0", "0_ci", "1", "1_ci"} and set(result["ruler"]) == {
+        "vt", "effective_length", "threshold"}
+    assert result["meta"]["samples"] == 2 * 2 * 2 + 2 * 2 and len(result["meta"]["samples_sha256"]) == 64
+    for name in ("ppl", "passkey", "ruler"):
+        assert (tmp_path / f"eval.{name}.csv").read_text().count("\n") > 1, name
     bad = run_cli("tools/eval_long_context.py", "--checkpoint", str(tmp_path / "nothing"), "--lengths", "64",
                   "--json", str(out), check=False)
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
+
+
+def test_task_names_are_checked_before_any_work():
+    from tapa_scale.eval.suite import expand_tasks
+
+    assert expand_tasks("ppl,ruler,niah_single") == ["ppl", "niah_single", "niah_multikey", "niah_multivalue",
+                                                     "vt", "cwe", "fwe"]
+    with pytest.raises(ValueError, match="unknown task 'needle'"):
+        expand_tasks("ppl,needle")
