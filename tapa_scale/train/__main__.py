@@ -5,6 +5,14 @@ import argparse
 import sys
 
 
+def _refuse(error: Exception) -> int:
+    """One `error: ...` line on stderr, written in one call: ranks of a launch share the launcher's
+    stderr, and print() writes the text and its newline separately, so two ranks' lines could merge."""
+    sys.stderr.write(f"error: {error}\n")
+    sys.stderr.flush()
+    return 2
+
+
 def main(argv=None) -> int:
     # Imports here, not at the top: spawned helper processes (the checkpoint writers' Manager) import
     # this main module again and need none of it.
@@ -21,15 +29,13 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _refuse(e)
     from ..data import DataError
     from .loop import NonFiniteStop, train
     try:
         train(cfg)
     except (ConfigError, DataError, NonFiniteStop) as e:  # refused resume, bad data, policy stop
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _refuse(e)
     return 0
 
 
