@@ -1,4 +1,4 @@
-"""Evaluation: sliding-window perplexity, perplexity against context length, checkpoint loading."""
+"""Evaluation: sliding-window perplexity by context length, passkey and RULER-style retrieval, checkpoint loading."""
 from .long_context import evaluate_lengths, format_table, plot_ppl, tokenize_texts
 from .perplexity import perplexity, sliding_window_nll, window_spans
 
