@@ -194,7 +194,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: Posit
         _ran("sdpa")
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
-    if q.is_cuda and impl != "reference" and not return_lse:  # packed documents, positions, ALiBi
+    if _flex_applies(q, impl, masks):
         _ran("flex")
         return flex_attention_of(q, k, v, scale=scale, slopes=slopes, **masks)
     score_fn = partial(dot_product_scores, scale=scale, slopes=slopes)
@@ -205,11 +205,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: Posit
 def flex_attention_of(q, k, v, *, scale, slopes, causal, q_positions, k_positions, q_segment_ids,
                       k_segment_ids, return_lse=False):
     """The dot-product score under FlexAttention (ops/flex.py), with attention()'s position and segment
-    arguments; what impl="auto" runs on CUDA where SDPA's plain causal mask does not apply."""
+    arguments (return_lse is never set here: _flex_applies keeps that case for the chunked path)."""
     from .flex import flex_dot_product_attention
 
-    if return_lse or (q_segment_ids is None) != (k_segment_ids is None):
-        raise ValueError("flex attention: no lse, and q/k segment ids must be given together")
+    if (q_segment_ids is None) != (k_segment_ids is None):
+        raise ValueError("q_segment_ids and k_segment_ids must be given together")
     B, Nq, Nk = q.shape[0], q.shape[2], k.shape[2]
     rows = lambda ids, n, name: None if ids is None else as_position_rows(ids, B, n, q.device, name)  # noqa: E731
     q_pos, k_pos = as_position_rows(q_positions, B, Nq, q.device, "q_positions"), \
@@ -217,6 +217,12 @@ def flex_attention_of(q, k, v, *, scale, slopes, causal, q_positions, k_position
     return flex_dot_product_attention(q, k, v, scale=scale, slopes=slopes, causal=causal, q_pos=q_pos, k_pos=k_pos,
                                       q_seg=rows(q_segment_ids, Nq, "q_segment_ids"),
                                       k_seg=rows(k_segment_ids, Nk, "k_segment_ids"))
+
+
+def _flex_applies(q, impl, masks) -> bool:
+    """FlexAttention serves the rest on GPU (packed documents, explicit positions, ALiBi), except where
+    context parallelism asks for the log-sum-exp."""
+    return q.is_cuda and impl != "reference" and not masks["return_lse"]
 
 
 def _sdpa_applies(q, k, impl, slopes, masks) -> bool:

@@ -7,13 +7,17 @@ the chunked attention with its own masking. Would catch a mask that lets a query
 or a later position, slopes applied per key/value head instead of per query head, a lost YaRN logit
 factor, a fully masked row that is not 0.
 """
+import importlib
 import warnings
 
 import pytest
 import torch
 
 from tapa_scale.ops import PositionalEncoding, attention
-from tapa_scale.ops.attention import flex_attention_of
+from tapa_scale.ops.attention import last_attention_impl
+
+# the module (tapa_scale.ops re-exports its function under the same name), for its dispatch predicate
+attention_module = importlib.import_module("tapa_scale.ops.attention")
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32, two summation orders
 
@@ -35,41 +39,31 @@ def _packed(B, N, seed=1):
     return torch.stack(pos), torch.stack(segs)
 
 
-def _flex(q, k, v, enc, *, head_offset=0, **masks):
-    """attention()'s dot-product set-up (rotation, scale, slopes) then the flex path, as on CUDA."""
-    import math
-
-    from tapa_scale.ops import rope
-    from tapa_scale.ops.chunked import as_position_rows
-
-    D, B = q.shape[-1], q.shape[0]
-    scale, slopes = enc.logit_factor() / math.sqrt(D), None
-    if enc.kind in ("rope", "pi", "yarn", "llama3"):
-        f = enc.inv_freq(D)
-        q = rope.apply_rotary(q, as_position_rows(masks.get("q_positions"), B, q.shape[2], q.device, "q"), f)
-        k = rope.apply_rotary(k, as_position_rows(masks.get("k_positions"), B, k.shape[2], k.device, "k"), f)
-    elif enc.kind == "alibi":
-        slopes = enc.alibi_slopes(q.shape[1], head_offset)
-    full = dict(causal=True, q_positions=None, k_positions=None, q_segment_ids=None, k_segment_ids=None)
+def _flex(monkeypatch, q, k, v, enc, **kwargs):
+    """attention() itself (rotation, scale, slopes) with its FlexAttention branch taken, as on CUDA."""
+    monkeypatch.setattr(attention_module, "_flex_applies", lambda q, impl, masks: not masks["return_lse"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "called without torch.compile": the unfused reference, on purpose
-        return flex_attention_of(q, k, v, scale=scale, slopes=slopes, **{**full, **masks})
+        out = attention(q, k, v, enc, **kwargs)
+    assert last_attention_impl() == "flex"
+    monkeypatch.undo()
+    return out
 
 
 @pytest.mark.parametrize("enc", [PositionalEncoding("rope"), PositionalEncoding("yarn", scale=4.0, original_length=8),
                                  PositionalEncoding("llama3", scale=8.0, original_length=8),
                                  PositionalEncoding("alibi", num_heads=8), PositionalEncoding("nope")],
                          ids=lambda e: e.kind)
-def test_packed_documents_equal_the_chunked_attention(enc):
+def test_packed_documents_equal_the_chunked_attention(enc, monkeypatch):
     q, k, v = _inputs()
     pos, seg = _packed(2, 48)
     masks = dict(q_positions=pos, k_positions=pos, q_segment_ids=seg, k_segment_ids=seg)
     offset = 4 if enc.kind == "alibi" else 0  # a tensor-parallel rank holding global heads 4..7 of 8
     want = attention(q, k, v, enc, impl="reference", head_offset=offset, **masks)
-    torch.testing.assert_close(_flex(q, k, v, enc, head_offset=offset, **masks), want, **TOL)
+    torch.testing.assert_close(_flex(monkeypatch, q, k, v, enc, head_offset=offset, **masks), want, **TOL)
 
 
-def test_query_shard_rows_without_keys_and_non_causal():
+def test_query_shard_rows_without_keys_and_non_causal(monkeypatch):
     """A context-parallel style query shard at global positions, a query whose document has no key
     (output 0, as the chunked attention gives), and the non-causal case."""
     q, k, v = _inputs(B=1, N=32)
@@ -79,8 +73,8 @@ def test_query_shard_rows_without_keys_and_non_causal():
     k_seg = torch.zeros(32, dtype=torch.long)
     masks = dict(q_positions=q_pos, k_positions=k_pos, q_segment_ids=q_seg, k_segment_ids=k_seg)
     want = attention(q[:, :, 16:], k, v, enc, impl="reference", **masks)
-    got = _flex(q[:, :, 16:], k, v, enc, **masks)
+    got = _flex(monkeypatch, q[:, :, 16:], k, v, enc, **masks)
     torch.testing.assert_close(got, want, **TOL)
     assert torch.all(got[:, :, 12:] == 0)
     want = attention(q, k, v, PositionalEncoding("nope"), causal=False, impl="reference")
-    torch.testing.assert_close(_flex(q, k, v, PositionalEncoding("nope"), causal=False), want, **TOL)
+    torch.testing.assert_close(_flex(monkeypatch, q, k, v, PositionalEncoding("nope"), causal=False), want, **TOL)
