@@ -36,10 +36,10 @@ def _broadcast(value):
     return box[0]
 
 
-def _typed(cfg_yaml: str, where: Path) -> Config:
-    """A saved config.yaml as the schema types it (keys added since it was written get defaults)."""
+def _typed(raw: dict, where: Path) -> Config:
+    """A saved config.yaml's mapping as the schema types it (keys added since it was written get defaults)."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), yaml.safe_load(cfg_yaml)))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), raw))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where}/config.yaml: {str(e).splitlines()[0]}") from None
 
@@ -48,10 +48,11 @@ def check_compatible(saved_cfg_yaml: str, cfg, where: Path) -> None:
     """Refuse, in one line, a resume that changes what cannot be resharded or continued. Model keys
     are compared resolved (0 = derived sizes, YaRN's original length); implementation-only keys
     (model.attention_impl) may change."""
-    problem = saved_rope_rule_problem(yaml.safe_load(saved_cfg_yaml))
+    raw = yaml.safe_load(saved_cfg_yaml)
+    problem = saved_rope_rule_problem(raw)
     if problem:
         raise ConfigError(f"{where}: {problem}")
-    saved = _typed(saved_cfg_yaml, where)
+    saved = _typed(raw, where)
     now = model_identity(cfg.model, cfg.data.seq_len)
     pairs = [(f"model.{k}", v, now.get(k)) for k, v in model_identity(saved.model, saved.data.seq_len).items()]
     pairs += [("data.seq_len", saved.data.seq_len, cfg.data.seq_len), ("train.seed", saved.train.seed, cfg.train.seed)]
@@ -75,7 +76,7 @@ def resolve_original_length(cfg, is_main: bool) -> None:
             length = cfg.data.seq_len
             source = _continued_checkpoint(cfg)
             if source is not None and (source / "config.yaml").is_file():
-                saved = _typed((source / "config.yaml").read_text(), source)
+                saved = _typed(yaml.safe_load((source / "config.yaml").read_text()), source)
                 length = saved.model.rope.original_length or saved.data.seq_len
         except ConfigError as e:  # every rank raises the same line instead of waiting in the broadcast
             error = str(e)
