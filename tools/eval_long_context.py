@@ -1,18 +1,23 @@
-"""Long-context evaluation of a checkpoint or an export: perplexity by window length, passkey retrieval,
-the RULER-style tasks (docs/evaluation.md).
+"""Long-context evaluation of checkpoints or exports: perplexity by window length, passkey retrieval,
+the RULER-style tasks, loss by position (docs/evaluation.md).
 
     python tools/eval_long_context.py --checkpoint runs/tiny --lengths 128,256,512 --json out.json
-    python tools/eval_long_context.py --hf exports/tiny --tasks ppl,passkey,ruler --lengths 512,1024 \
-        --depths 0,0.5,1 --trials 20 --json out.json
+    python tools/eval_long_context.py --hf exports/tiny --tasks ppl,passkey,ruler,position --lengths 512,1024 \
+        --depths 0,0.5,1 --trials 20 --json out.json --plots figs/
     python tools/eval_long_context.py --checkpoint runs/rope --tasks passkey --lengths 1024 --json pi.json \
         model.pos_encoding=pi model.rope.scale=4        # score a RoPE checkpoint zero-shot as PI
+    python tools/eval_long_context.py --compare runs/tapa runs/rope exports/alibi --tasks ppl,passkey \
+        --lengths 256,512,1024 --json cmp.json --plots figs/
+    torchrun --nproc-per-node 8 tools/eval_long_context.py --checkpoint runs/125m --device cuda --dtype bf16 ...
 
-Perplexity texts default to the embedded held-out documents (--text FILE... to choose others); the
-needle tasks' haystack is the same held-out text. Writes the JSON and a CSV per task beside it.
+ppl and position read the embedded held-out documents (--text FILE... for others); the needle tasks'
+haystack is the same held-out text. Writes the JSON, a CSV per task and a markdown table beside it
+(rank 0 of a torchrun launch; every rank scores a share).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,91 +29,92 @@ def _numbers(text: str, kind, what: str) -> list:
         raise ValueError(f"{what} {text!r}: expected comma-separated numbers") from None
 
 
-def main(argv=None) -> int:
+def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint dir, or run dir (its latest checkpoint)")
     source.add_argument("--hf", help="a Hugging Face export (tools/convert_to_hf.py) or a Llama directory")
-    p.add_argument("--tasks", default="ppl", help="comma-separated: ppl, passkey, ruler (all six) or RULER task names")
-    p.add_argument("--text", nargs="*", help="UTF-8 text files for ppl (default: the embedded evaluation documents)")
+    source.add_argument("--compare", nargs="+", metavar="DIR", help="several checkpoints/run dirs/exports")
+    p.add_argument("--tasks", default="ppl", help="comma-separated: ppl, passkey, ruler (all six), position, "
+                                                  "or RULER task names")
+    p.add_argument("--text", nargs="*", help="UTF-8 text files for ppl and position (default: the embedded "
+                                             "held-out documents)")
     p.add_argument("--lengths", required=True, help="comma-separated lengths in tokens (windows; prompt lengths)")
     p.add_argument("--stride", type=int, default=None, help="ppl window stride (default: half of each length)")
-    p.add_argument("--max-tokens", type=int, default=None, help="ppl: evaluate at most this many tokens")
+    p.add_argument("--max-tokens", type=int, default=None, help="ppl/position: read at most this many tokens")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1]")
     p.add_argument("--trials", type=int, default=20, help="samples per (task, length, depth)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     p.add_argument("--threshold", type=float, default=0.85, help="accuracy that counts for RULER's effective length")
+    p.add_argument("--position-windows", type=int, default=16, help="position: windows scored per length")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--dtype", default="fp32", help="fp32 or bf16 (checkpoints: float32 weights under bf16 autocast)")
+    p.add_argument("--generate", action="store_true", help="retrieval: decode with the export's generate() "
+                                                           "(KV cache) instead of teacher forcing")
     p.add_argument("--json", required=True, help="output JSON path")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="model overrides for --checkpoint")
-    args = p.parse_args(argv)
-    from tapa_scale.data import eval_documents
-    from tapa_scale.eval import tokenize_texts
-    from tapa_scale.eval.long_context import write_json
-    from tapa_scale.eval.suite import expand_tasks, run_suite, write_csvs
+    p.add_argument("--plots", default=None, help="directory for the PNG figures")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="model overrides for checkpoints")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from tapa_scale.eval.models import kind_of, open_model
+    from tapa_scale.eval.run import Spec, check_spec, evaluate, model_names, write_outputs
+    from tapa_scale.eval.suite import expand_tasks
 
     try:
-        tasks = expand_tasks(args.tasks)
-        lengths = _numbers(args.lengths, int, "--lengths")
-        depths = _numbers(args.depths, float, "--depths")
-        if args.overrides and args.hf:
-            raise ValueError("key=value overrides edit our checkpoint's model; they do not apply to --hf")
-        if any(not 0.0 <= d <= 1.0 for d in depths):
-            raise ValueError(f"--depths {args.depths}: each must lie in [0, 1]")
-        loss_fn, logits_fn, tokenizer, info = (_load_hf if args.hf else _load_checkpoint)(args)
-        docs = [Path(t) for t in args.text] if args.text else eval_documents()
-        ppl_texts = tokenize_texts(tokenizer, docs, args.max_tokens) if "ppl" in tasks else None
-        texts = [d.read_text(encoding="utf-8") for d in eval_documents()] if tasks != ["ppl"] else []
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        result = run_suite(tasks=tasks, lengths=lengths, loss_fn=loss_fn, logits_fn=logits_fn, encode=encode,
-                           texts=texts, ppl_texts=ppl_texts, depths=depths, trials=args.trials, seed=args.seed,
-                           stride=args.stride, batch_size=args.batch_size, threshold=args.threshold)
+        spec = Spec(tasks=expand_tasks(args.tasks), lengths=_numbers(args.lengths, int, "--lengths"),
+                    depths=_numbers(args.depths, float, "--depths"), trials=args.trials, seed=args.seed,
+                    threshold=args.threshold, stride=args.stride, max_tokens=args.max_tokens,
+                    batch_size=args.batch_size, position_windows=args.position_windows,
+                    generate=args.generate, text=args.text)
+        check_spec(spec)
+        paths = args.compare or [args.checkpoint or args.hf]
+        kinds = [kind_of(p) if args.compare else ("hf" if args.hf else "checkpoint") for p in paths]
+        if args.overrides and "hf" in kinds:
+            raise ValueError("key=value overrides edit our checkpoints' model; they do not apply to an export "
+                             f"({paths[kinds.index('hf')]})")
+        if args.generate and "checkpoint" in kinds:
+            raise ValueError(f"--generate decodes with an export's generate(); {paths[kinds.index('checkpoint')]} "
+                             "is a checkpoint (convert it with tools/convert_to_hf.py)")
+        if "checkpoint" in kinds or "WORLD_SIZE" in os.environ:
+            _init_groups(args.device)
+        models = {}
+        for path, kind, name in zip(paths, kinds, model_names(paths)):
+            ev = open_model(path, kind, device=args.device, dtype=args.dtype, overrides=args.overrides, name=name)
+            models[name] = evaluate(ev, spec)
+            del ev
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result.update(info)  # today's top-level keys (checkpoint/hf, pos_encoding, train_length) stay
-    result["meta"].update(model=info.get("checkpoint") or info.get("hf"), encoding=info["pos_encoding"],
-                          train_length=info["train_length"], overrides=list(args.overrides))
-    out = Path(args.json)
-    write_json(result, out)
-    write_csvs(result, out)
-    for length in lengths:
-        parts = [f"ppl {result['ppl'][str(length)]:.2f}"] if "ppl" in result else []
-        if "passkey" in result:
-            row = result["passkey"][str(length)]
-            parts.append("passkey " + " ".join(f"{d}:{a:.2f}" for d, a in row.items() if not d.endswith("_ci")))
-        for task, row in result.get("ruler", {}).items():
-            if str(length) in getattr(row, "keys", lambda: ())():
-                parts.append(f"{task} {row[str(length)]:.2f}")
-        print(f"{length:>7} tokens  " + "  ".join(parts))
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_outputs(models, Path(args.json), Path(args.plots) if args.plots else None)
+        _print(models, spec.lengths)
     return 0
 
 
-def _load_checkpoint(args):
-    """(loss_fn, logits_fn, tokenizer, info) of one of our checkpoints, in a single-process group."""
-    from tapa_scale.eval.loading import load_checkpoint_model, loss_fn_of
-    from tapa_scale.eval.retrieval import logits_fn_of_model
+def _init_groups(device: str) -> None:
+    from tapa_scale.eval.models import resolve_device
     from tapa_scale.parallel import ParallelConfig, init_groups
 
-    init_groups(ParallelConfig(), device="cpu")  # ended with the process
-    model, cfg, tokenizer = load_checkpoint_model(args.checkpoint, overrides=args.overrides)
-    return loss_fn_of(model), logits_fn_of_model(model), tokenizer, {
-        "checkpoint": str(args.checkpoint), "pos_encoding": cfg.model.pos_encoding, "train_length": cfg.data.seq_len}
+    init_groups(ParallelConfig(), device=resolve_device(device).type)  # ended with the process
 
 
-def _load_hf(args):
-    """(loss_fn, logits_fn, tokenizer, info) of a Hugging Face export."""
-    from transformers import AutoTokenizer
-
-    from tapa_scale.eval.retrieval import logits_fn_of_hf
-    from tapa_scale.hf.rope_scaling import from_llama_rope
-    from tapa_scale.hf.runtime import load_hf_loss_fn
-
-    loss_fn = load_hf_loss_fn(args.hf)
-    config = loss_fn.model.config  # ours (TAPA, ALiBi, NoPE) or a Llama (the RoPE family)
-    kind = getattr(config, "position_encoding", None) or from_llama_rope(config.to_dict())[0]
-    return loss_fn, logits_fn_of_hf(loss_fn.model), AutoTokenizer.from_pretrained(args.hf), {
-        "hf": str(args.hf), "pos_encoding": kind, "train_length": config.max_position_embeddings}
+def _print(models: dict, lengths) -> None:
+    for name, r in models.items():
+        print(f"{name} ({r['pos_encoding']}, trained at {r['train_length']} tokens)")
+        for length in map(str, lengths):
+            parts = [f"ppl {r['ppl'][length]:.2f}"] if "ppl" in r else []
+            if "passkey" in r:
+                row = r["passkey"][length]
+                parts.append("passkey " + " ".join(f"{d}:{a:.2f}" for d, a in row.items() if not d.endswith("_ci")))
+            parts += [f"{t} {row[length]:.2f}" for t, row in r.get("ruler", {}).items()
+                      if isinstance(row, dict) and length in row]
+            if "position_loss" in r:
+                parts.append("loss by position " + " ".join(f"{v:.2f}" for v in r["position_loss"][length]))
+            print(f"{length:>7} tokens  " + "  ".join(parts))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu", 
                                          "parallel.sequence_parallel=false", *overrides])
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(ckpt / "tokenizer"))
     vocab = cfg.model.vocab_size or len(tokenizer)
+    if len(tokenizer) > vocab:
+        raise ConfigError(f"{ckpt}/tokenizer has {len(tokenizer)} tokens but the model (model.vocab_size) only "
+                          f"{vocab}: the tokenizer does not belong to this checkpoint")
     model = build_model(cfg.model, vocab_size=vocab, seq_len=cfg.data.seq_len, config=transformer_config(cfg.model))
     load_model_weights(ckpt, model)
     return model.to(device).eval(), cfg, tokenizer

@@ -2,7 +2,7 @@
 
 A sample is correct when, fed prompt + answer in one forward pass, the model's greedy choice at every
 answer position is the answer's token: the same verdict greedy decoding would reach on those tokens,
-without sampling and in one pass. A tie (two tokens with the same largest logit) counts as correct only
+without sampling and in one pass (`generate_fn` decodes instead, to show that). A tie (two tokens with the same largest logit) counts as correct only
 when the answer's token is the first of them, as torch.argmax picks. The answer's log-likelihood is
 reported beside it.
 
@@ -23,9 +23,11 @@ LastLogitsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 @torch.no_grad()
-def score_samples(logits_fn: LastLogitsFn, samples: Sequence[Sample], batch_size: int = 8) -> list[dict]:
+def score_samples(logits_fn: LastLogitsFn, samples: Sequence[Sample], batch_size: int = 8,
+                  generate_fn=None) -> list[dict]:
     """[{"correct": bool, "loglik": float}] per sample, in order. Samples of equal total length and
-    answer length are batched together; the result does not depend on batch_size."""
+    answer length are batched together; the result does not depend on batch_size. With generate_fn
+    (prompts (b, n), k) -> decoded tokens (b, k), "correct" is whether decoding produced the answer."""
     out: list = [None] * len(samples)
     groups: dict = {}
     for i, s in enumerate(samples):
@@ -40,7 +42,10 @@ def score_samples(logits_fn: LastLogitsFn, samples: Sequence[Sample], batch_size
                 raise ValueError(f"logits_fn returned shape {tuple(logits.shape)}, expected ({len(part)}, {k}, V)")
             target = ids[:, -k:]
             logp = torch.log_softmax(logits, -1).gather(-1, target[..., None])[..., 0]
-            correct = (logits.argmax(-1) == target).all(-1)
+            if generate_fn is None:
+                correct = (logits.argmax(-1) == target).all(-1)
+            else:
+                correct = (generate_fn(ids[:, :-k], k) == target).all(-1)
             for j, i in enumerate(part):
                 out[i] = {"correct": bool(correct[j]), "loglik": float(logp[j].sum())}
     return out
@@ -71,22 +76,6 @@ def effective_length(by_length: dict, threshold: float) -> int:
             break
         best = int(length)
     return best
-
-
-def logits_fn_of_model(model) -> LastLogitsFn:
-    """Our megatron GPTModel as a LastLogitsFn (the whole window's logits, then its last k positions)."""
-    def fn(input_ids: torch.Tensor, k: int) -> torch.Tensor:
-        device = next(model.parameters()).device
-        return model(input_ids.to(device), None, None)[:, -k:].float().cpu()
-    return fn
-
-
-def logits_fn_of_hf(model) -> LastLogitsFn:
-    """A transformers causal LM as a LastLogitsFn."""
-    def fn(input_ids: torch.Tensor, k: int) -> torch.Tensor:
-        device = next(model.parameters()).device
-        return model(input_ids.to(device)).logits[:, -k:].float().cpu()
-    return fn
 
 
 def build_samples(tasks: Sequence[str], encode, lengths: Sequence[int], *, depths: Sequence[float], trials: int,

@@ -18,7 +18,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
@@ -32,6 +31,7 @@ from megatron.core.transformer.transformer_layer import (TransformerLayer, Trans
 
 from .config import ModelConfig
 from .core_attention import CoreAttention
+from .lm_head import GPT
 from .norm import RMSNorm
 
 
@@ -110,10 +110,10 @@ def transformer_config(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32, 
 def build_model(cfg: ModelConfig, *, vocab_size: int, seq_len: int, config: TransformerConfig,
                 pre_process: bool = True, post_process: bool = True, pg_collection=None,
                 context_parallel=None, vp_stage: Optional[int] = None,
-                init_seed: Optional[int] = None) -> GPTModel:
+                init_seed: Optional[int] = None) -> GPT:
     """The decoder (or this pipeline stage of it). forward(input_ids [b, s], position_ids=None,
     attention_mask=None, labels [b, s], packed_seq_params=TokenLayout) -> per-token loss [b, s]
-    (logits [b, s, vocab] without labels).
+    (logits [b, s, vocab] without labels), the loss chunked over the sequence (lm_head.py).
 
     init_seed: weights as a function of (init_seed, the model) alone, the same slices in every layout
     (see the module docstring); None draws everything in build order from the global CPU generator."""
@@ -121,7 +121,7 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, seq_len: int, config: Tran
         layer_specs=[layer_spec(cfg, seq_len, context_parallel, init_seed)] * _layers_here(config, vp_stage),
         layer_norm=RMSNorm)
     with drawing(init_seed, "embedding"):  # the first draw inside GPTModel; layers draw from their own
-        model = GPTModel(
+        model = GPT(
             config=config, transformer_layer_spec=block, vocab_size=vocab_size,
             max_sequence_length=seq_len, pre_process=pre_process, post_process=post_process,
             share_embeddings_and_output_weights=cfg.tie_embeddings, position_embedding_type="none",
@@ -131,7 +131,7 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, seq_len: int, config: Tran
     return model
 
 
-def _redraw_output_layer(model: GPTModel, init_seed: int) -> None:
+def _redraw_output_layer(model: GPT, init_seed: int) -> None:
     """An untied output layer, drawn again from its own stream: GPTModel drew it after whatever this
     stage built before it (the embedding on a first stage, nothing on a later one). A tied one is the
     embedding (a last stage's copy is set from the first stage's) and is left alone."""

@@ -64,3 +64,17 @@ def _drop_records_after(path: Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def position_buckets(length: int, buckets: int = 16) -> list[tuple[int, int]]:
+    """Positions [0, length) in `buckets` contiguous ranges [start, end) of near-equal size (fewer when
+    length is smaller): how loss by position is reported, in training logs and in evaluation."""
+    n = max(1, min(buckets, length))
+    edges = [round(i * length / n) for i in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def loss_by_position(loss, buckets: list[tuple[int, int]]) -> list[tuple[float, int]]:
+    """(sum, count) of per-token losses (b, s) in each position bucket, as Python floats (float64 sums)."""
+    loss = loss.detach().double()
+    return [(loss[:, a:b].sum().item(), loss[:, a:b].numel()) for a, b in buckets]

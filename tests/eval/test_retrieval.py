@@ -8,7 +8,7 @@ import torch
 
 from tapa_scale.data import eval_documents
 from tapa_scale.data.tokenizer import TOKENIZER_DIR
-from tapa_scale.eval.retrieval import (build_samples, effective_length, logits_fn_of_model, samples_sha256,
+from tapa_scale.eval.retrieval import (build_samples, effective_length, samples_sha256,
                                        score_samples, summarize, wilson_interval)
 from tapa_scale.eval.synthetic import RULER_TASKS, TASKS
 
@@ -100,7 +100,8 @@ def test_results_do_not_depend_on_the_batch_size(samples, process_group):
     torch.manual_seed(0)
     model = build_model(cfg, vocab_size=8192, seq_len=64, config=transformer_config(cfg)).eval()
     few = [s for s in samples if s.length == 1024 and s.task in ("passkey", "vt")][:6]
-    one, four = score_samples(logits_fn_of_model(model), few, 1), score_samples(logits_fn_of_model(model), few, 4)
+    logits_fn = lambda ids, k: model.last_logits(ids, k)  # noqa: E731
+    one, four = score_samples(logits_fn, few, 1), score_samples(logits_fn, few, 4)
     assert [r["correct"] for r in one] == [r["correct"] for r in four]
     assert [r["loglik"] for r in one] == pytest.approx([r["loglik"] for r in four], rel=1e-5)
 

@@ -5,7 +5,8 @@ and compare every rank's losses, gradients and final weights with a single-proce
     torchrun ... parity_script.py OUT tp2 pp2 ... # each layout in turn, in the same processes
 
 A layout is a dash-joined list: tp2, pp2, cp2, vpp2, sp (sequence parallel), ring (cp_comm=ring),
-plain (no packed documents: default positions), and a positional encoding (tapa when none is named:
+plain (no packed documents: default positions), chunk (the loss computed 16 positions x batch at a
+time, model/lm_head.py, against the reference's single piece), and a positional encoding (tapa when none is named:
 rope, pi, yarn, nope, alibi); the data-parallel size is what the world leaves. The reference covers
 TAPA with and without documents and each ENC given after --reference with documents.
 Every layout starts from the reference's initial weights (cut into this rank's shards), reads the same
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from tapa_scale.config import Config, validate
+from tapa_scale.model import lm_head
 from tapa_scale.ops import ENCODINGS
 from tapa_scale.parallel import ParallelConfig, init_groups
 from tapa_scale.parallel.parallelize import build_chunks, parallelize, unwrap
@@ -32,6 +34,7 @@ from tapa_scale.parallel.reshard import load_full_state_dict, local_tensors
 from tapa_scale.train.setup import Run, build_optimizer_for, seed_everything
 
 STEPS, MICRO, GLOBAL_MICRO, SEQ, VOCAB = 3, 2, 2, 32, 256  # 2 micro-batches of 2 sequences per step
+DEFAULT_LOSS_CHUNK = lm_head.LOSS_CHUNK_TOKENS
 
 
 def make_config(layout: dict, dp: int) -> Config:
@@ -56,11 +59,11 @@ def make_config(layout: dict, dp: int) -> Config:
 
 
 def parse(name: str) -> dict:
-    layout = dict(tp=1, pp=1, cp=1, vpp=1, sp=False, ring=False, docs=True, enc="tapa")
+    layout = dict(tp=1, pp=1, cp=1, vpp=1, sp=False, ring=False, docs=True, enc="tapa", chunk=False)
     for part in name.split("-"):
         if part in ENCODINGS:
             layout["enc"] = part
-        elif part in ("sp", "ring"):
+        elif part in ("sp", "ring", "chunk"):
             layout[part] = True
         elif part == "plain":
             layout["docs"] = False
@@ -183,6 +186,7 @@ def parallel(out: Path, names: list[str]) -> None:
         part = lambda prefix: {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}  # noqa: E731
         try:
             groups = init_groups(cfg.parallel, "cpu")
+            lm_head.LOSS_CHUNK_TOKENS = 16 if layout["chunk"] else DEFAULT_LOSS_CHUNK
             chunks, grads, stats = run_layout(cfg, groups, part("init/"))
             errs = [worst(g, part(f"grad{s}/"), chunks) for s, g in enumerate(grads)]
             final = {(i, n): p.detach() for i, c in enumerate(chunks) for n, p in c.named_parameters()}

@@ -20,8 +20,8 @@ from parity_script import parse, reference_tag
 from tapa_scale.ops import ENCODINGS
 
 SCRIPT = HERE / "parity_script.py"
-TWO = ["tp2", "tp2-sp", "pp2", "pp2-vpp2", "cp2", "cp2-ring", "cp2-plain", "cp2-ring-plain", "dp2"]
-FOUR = ["tp2-pp2", "tp2-cp2-sp-ring", "dp2-pp2-vpp2"]
+TWO = ["tp2", "tp2-sp", "tp2-sp-chunk", "pp2", "pp2-vpp2", "cp2", "cp2-ring", "cp2-plain", "cp2-ring-plain", "dp2"]
+FOUR = ["tp2-pp2", "tp2-cp2-sp-ring-chunk", "dp2-pp2-vpp2"]
 BASELINES = [e for e in ENCODINGS if e != "tapa"]  # one training step each (parity_script.steps_for)
 ENCODED = [f"{layout}-{enc}" for enc in BASELINES for layout in ("tp2", "cp2-ring")]
 GRAD_TOL, LOSS_RTOL = 1e-5, 2e-6
@@ -61,7 +61,8 @@ def _check(results, layout: str) -> None:
 @pytest.mark.parametrize("layout", TWO)
 def test_two_ranks_match_one_process(results, layout):
     # tp2: column/row splits incl. SwiGLU's strided fc1 and GQA groups; sp: sequence-parallel norms and
-    # embedding; pp2 / vpp2: 1F1B and interleaved schedules, tied embedding across stages; cp2: sharding
+    # embedding; chunk: the loss in pieces taken at the same offsets of every rank's sequence shard
+    # (model/lm_head.py); pp2 / vpp2: 1F1B and interleaved schedules, tied embedding across stages; cp2: sharding
     # and K/V exchange with packed documents (plain: default positions); dp2: loader split and DDP mean
     _check(results, layout)
 
@@ -69,7 +70,7 @@ def test_two_ranks_match_one_process(results, layout):
 @pytest.mark.parametrize("layout", FOUR)
 def test_four_ranks_match_one_process(results, layout):
     # combinations: tensor x pipeline groups (grad norm over the model-parallel group), tensor x context
-    # with sequence parallelism and the ring, data x interleaved pipeline
+    # with sequence parallelism, the ring and the chunked loss, data x interleaved pipeline
     _check(results, layout)
 
 
