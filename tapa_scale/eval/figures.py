@@ -58,7 +58,8 @@ def plot_all(models: Results, out_dir: Path) -> list[Path]:
     written = []
 
     def save(fig, name):
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
         written.append(out_dir / name)
@@ -76,12 +77,16 @@ def plot_all(models: Results, out_dir: Path) -> list[Path]:
         save(fig, "ppl_vs_length.png")
     with_pk = [(m, r["passkey"]) for m, r in models.items() if "passkey" in r]
     if with_pk:
-        fig, axes = plt.subplots(1, len(with_pk), figsize=(3.2 * len(with_pk) + 1, 3.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(with_pk), figsize=(3.2 * len(with_pk) + 1, 3.4), squeeze=False,
+                                 layout="constrained")
         for ax, (m, pk) in zip(axes[0], with_pk):
             lengths = _lengths(pk)
             depths = sorted((d for d in pk[lengths[0]] if not d.endswith("_ci")), key=float)
             grid = [[pk[L][d] for L in lengths] for d in depths]
             im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+            for i, row in enumerate(grid):
+                for j, acc in enumerate(row):
+                    ax.text(j, i, f"{acc:.2f}", ha="center", va="center", fontsize=7)
             ax.set_xticks(range(len(lengths)), lengths, rotation=45)
             ax.set_yticks(range(len(depths)), depths)
             ax.set(xlabel="length (tokens)", ylabel="depth", title=m)
