@@ -9,6 +9,10 @@
 #   bench.json         TAPA-triton vs TAPA-reference vs RoPE+SDPA flash/cuDNN, N = 2k..128k, fwd and fwd+bwd
 #   bench_cos.json     the same at 16k with the accurate (libdevice) cos/sin, to price the fast path
 #   sweep.json         tile configurations per kernel at 16k (best ones go into default_configs)
+#   eval_125m.json     the long-context evaluation of a 125m TAPA model (two training steps at 8k, then
+#                      ppl, passkey and loss by position at 8k/16k/32k in bf16 on the GPU): seconds per
+#                      task and peak memory; needs megatron-core and transformers (carried as wheels),
+#                      skipped without them
 #   tests_all.json     every test of tests/ops/test_tapa_triton.py compiled on the GPU, if time is left
 #   summary.txt        step timings, pass/fail counts and speed ratios
 #   <step>.log         each step's output; gpu_checks.tar.gz: the whole folder as one archive
@@ -101,6 +105,15 @@ step bench 200 60 "$PY" tools/bench_attention.py --max-seconds 170 --json "$RES/
 step bench_cos 60 30 "$PY" tools/bench_attention.py --lengths 16384 --methods tapa_triton,tapa_triton_accurate_cos \
     --max-seconds 50 --json "$RES/bench_cos.json"
 step sweep 100 45 "$PY" tools/bench_attention.py --sweep --lengths 16384 --max-seconds 85 --json "$RES/sweep.json"
+step eval_125m 120 60 bash -c '
+    "$0" -c "import megatron.core, transformers" || { echo "megatron-core or transformers missing: skipped"; exit 3; }
+    run=$(mktemp -d) && trap "rm -rf $run" EXIT
+    "$0" -m tapa_scale.train --config configs/125m.yaml run.dir="$run" data.seq_len=8192 train.steps=2 \
+        train.micro_batch_size=1 train.global_batch_size=1 train.warmup_steps=1 train.eval_every=0 \
+        train.checkpoint_every=0 run.tensorboard=false &&
+    "$0" tools/eval_long_context.py --checkpoint "$run" --device cuda --dtype bf16 --tasks ppl,passkey,position \
+        --lengths 8192,16384,32768 --depths 0.5 --trials 2 --max-tokens 200000 --position-windows 2 \
+        --batch-size 1 --json "$1/eval_125m.json"' "$PY" "$RES"
 sharded tests_all 200 45
 
 {

@@ -62,6 +62,10 @@ def evaluate(ev, spec: Spec) -> dict:
                              f"{[str(d) for d in docs]}); give longer --text or shorter lengths")
     texts = [d.read_text(encoding="utf-8") for d in eval_documents()] if set(spec.tasks) - set(TEXT_TASKS) else []
     encode = lambda text: ev.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    on_cuda = ev.meta.get("device", "cpu").startswith("cuda")
+    if on_cuda:
+        import torch
+        torch.cuda.reset_peak_memory_stats()
     result = run_suite(tasks=spec.tasks, lengths=spec.lengths, loss_fn=ev.loss_fn, logits_fn=ev.logits_fn,
                        encode=encode, texts=texts, ppl_texts=texts_tok, depths=spec.depths, trials=spec.trials,
                        seed=spec.seed, stride=spec.stride, batch_size=spec.batch_size, threshold=spec.threshold,
@@ -71,6 +75,8 @@ def evaluate(ev, spec: Spec) -> dict:
     result["meta"].update(model=ev.info.get("checkpoint") or ev.info.get("hf"), encoding=ev.info["pos_encoding"],
                           train_length=ev.info["train_length"], scoring="generate" if spec.generate else "teacher forcing",
                           tokenizer_sha256=tokenizer_fingerprint(ev.tokenizer), **ev.meta)
+    if on_cuda:
+        result["meta"]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return result
 
 
