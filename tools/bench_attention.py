@@ -233,6 +233,16 @@ def sweep(args, deadline):
                 default={k: list(getattr(default, k).__dict__.values()) for k in SWEEP})
 
 
+LOOP_VARIANTS = ("bf16_d128", "bf16_d128_ids")  # hot loops read: as the benchmark calls it; as the model does
+
+
+def _compile_variant(name: str, arch: int) -> list:
+    """Every kernel of one compile-time variant, offline (a process-pool task: picklable arguments)."""
+    from tapa_scale.ops.tapa_triton_offline import VARIANTS, compile_kernels
+
+    return compile_kernels(VARIANTS[name], arch=arch, loops=name in LOOP_VARIANTS)
+
+
 def ptxas_report(args):
     """No GPU needed: compile offline for sm_<arch>a (tapa_triton_offline) and report registers, spill bytes
     and shared memory: with --sweep, each tile candidate at --head-dim (bf16) with its hot loop's
@@ -241,7 +251,7 @@ def ptxas_report(args):
     import triton
 
     from tapa_scale.ops.tapa_triton import KernelConfig
-    from tapa_scale.ops.tapa_triton_offline import VARIANTS, Variant, compile_kernels, hot_loop, model_ceiling
+    from tapa_scale.ops.tapa_triton_offline import VARIANTS, Variant, hot_loop, model_ceiling
 
     result = dict(arch=args.arch, triton=triton.__version__)
     if args.sweep:
@@ -252,12 +262,21 @@ def ptxas_report(args):
                 print({k: v for k, v in rows[-1].items() if k != "ops"}, flush=True)
         return dict(result, head_dim=args.head_dim, rows=rows)
     result.update(variants={}, hot_loop={}, model_ceiling={})
-    for name, v in VARIANTS.items():
-        with_loops = name in ("bf16_d128", "bf16_d128_ids")  # as the benchmark calls it; as the model does
-        result["variants"][name] = rows = compile_kernels(v, arch=args.arch, loops=with_loops)
+    names = list(VARIANTS)
+    if args.jobs > 1:  # compiling is CPU-bound and single-threaded per process: variants side by side
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            compiled = dict(zip(names, pool.map(_compile_variant, names, [args.arch] * len(names))))
+    else:
+        compiled = {name: _compile_variant(name, args.arch) for name in names}
+    for name in names:
+        v, rows = VARIANTS[name], compiled[name]
+        result["variants"][name] = rows
         for r in rows:
             print(name, {k: x for k, x in r.items() if k != "ops"}, flush=True)
-        if with_loops:
+        if name in LOOP_VARIANTS:
             loops = result["hot_loop"][name] = {r["kernel"]: r for r in rows if "clocks" in r}
             result["model_ceiling"][name] = model_ceiling(loops, v.head_dim)
             print(f"{name} model ceiling (fraction of dense tensor peak):", result["model_ceiling"][name])
@@ -282,6 +301,7 @@ def main(argv=None) -> int:
                    help="no GPU needed: compile offline (every variant's default tiles, or with --sweep the "
                         "tile candidates), report registers, spills and shared memory")
     p.add_argument("--arch", type=int, default=90, help="compute capability for --ptxas (90 = H100/H200)")
+    p.add_argument("--jobs", type=int, default=1, help="--ptxas: variants compiled in this many processes")
     p.add_argument("--max-seconds", type=float, default=1e9, help="skip remaining cells after this long")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
