@@ -26,6 +26,7 @@ class TrainConfig:
     weight_decay: float = 0.0       # paper: none
     grad_clip: float = 1.0          # max global gradient norm; 0 = off
     init_from: str = ""             # checkpoint or run dir whose weights start a new run (fresh optimizer, step 0)
+    init_optimizer: bool = False    # with init_from: also its AdamW moments and their step counts
     document_masking: bool = False  # attend only within each packed document (positions restart at 0)
     log_every: int = 10
     eval_every: int = 0             # validation loss every N steps; 0 = only at the end
@@ -74,6 +75,8 @@ def validate_train(t: TrainConfig) -> list[str]:
             errs.append(f"train.{key}={getattr(t, key)}: must be >= 0")
     if t.watchdog_s < 0 or t.fault_stall_s < 0:
         errs.append(f"train.watchdog_s={t.watchdog_s} / fault_stall_s={t.fault_stall_s}: must be >= 0")
+    if t.init_optimizer and not t.init_from:
+        errs.append("train.init_optimizer=true: needs train.init_from (the checkpoint whose optimizer state to carry)")
     if t.resume_from < -1:
         errs.append(f"train.resume_from={t.resume_from}: a checkpoint step (>= 0) or -1 for the newest")
     if t.on_nonfinite not in ("skip", "stop", "rollback"):

@@ -45,10 +45,13 @@ def _start(cfg: Config, run) -> tuple[dict, Path | None, bool]:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     state, chosen, same_layout = resume.resume(run, cfg)
     if chosen is None and cfg.train.init_from:  # this run's own checkpoints take precedence
-        # Any checkpoint layout gives the full weights; each rank cuts its tensor/pipeline piece.
-        full = ckpt.full_state_dict(ckpt.resolve_checkpoint(cfg.train.init_from))
-        for chunk in chunks_of(run):
-            load_full_state_dict(chunk, full)
+        source = ckpt.resolve_checkpoint(cfg.train.init_from)
+        if cfg.train.init_optimizer:  # weights and AdamW state, resharded into this layout (collective)
+            resume.restore_optimizer_from(run, source)
+        else:  # any checkpoint layout gives the full weights; each rank cuts its tensor/pipeline piece
+            full = ckpt.full_state_dict(source)
+            for chunk in chunks_of(run):
+                load_full_state_dict(chunk, full)
     return state, chosen, same_layout
 
 

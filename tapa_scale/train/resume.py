@@ -99,6 +99,19 @@ def _continued_checkpoint(cfg) -> Optional[Path]:
         return None  # start-up names the missing checkpoint when it loads it
 
 
+def restore_optimizer_from(run, source: Path) -> None:
+    """Weights, AdamW moments and their step counts from another run's checkpoint (train.init_from with
+    train.init_optimizer): the extension stage's restore. The step counter, schedule, data cursor and
+    RNG of this run start fresh. Collective; the optimizer kind must match."""
+    if not (source / DIST).is_dir():
+        raise ConfigError(f"train.init_optimizer=true: {source} is a weights-only checkpoint (no optimizer state)")
+    state = ckpt.read_state(source)
+    if state["layout"]["optimizer"] != layout_of(run)["optimizer"]:
+        raise ConfigError(f"train.init_optimizer=true: {source} holds the {state['layout']['optimizer']} "
+                          f"optimizer's state, this run uses the {layout_of(run)['optimizer']} one")
+    load_sharded(source / DIST, _chunks(run), run.optimizer, state.get("optimizer_steps") or 0)
+
+
 def resume(run, cfg, report=ckpt.warn) -> tuple[dict, Optional[Path], bool]:
     """Load the checkpoint to resume from (collective). Returns (state, checkpoint, restore_rng):
     the caller restores RNG last (`restore_rng`) once everything else of start-up is done."""
