@@ -18,7 +18,7 @@ class ParallelConfig:
     vpp: int = 1                    # model chunks per pipeline stage; > 1 = interleaved 1F1B schedule
     sequence_parallel: bool = False  # Megatron sequence parallelism (needs tp > 1)
     cp_comm: str = "allgather"      # context parallel K/V exchange: allgather | ring
-    distributed_optimizer: bool = False  # megatron's distributed optimizer (ZeRO-1 style); GPU only
+    distributed_optimizer: bool = False  # megatron's distributed optimizer: AdamW state sharded over data x context ranks
     backend: str = "auto"           # torch.distributed backend: auto (nccl on GPU, gloo on CPU) | gloo | nccl
 
 
@@ -29,8 +29,8 @@ def validate_parallel(p: ParallelConfig, *, num_heads: int, kv_heads: int, num_l
 
     num_microbatches (micro-batches per optimizer step on each data-parallel rank) and eval_batches
     (validation micro-batches per data-parallel rank), when known, are checked against the interleaved
-    schedule; device ("auto" | "cpu" | "cuda") against the
-    GPU-only distributed optimizer.
+    schedule. `device` ("auto" | "cpu" | "cuda") is accepted for callers that know it; every layout
+    here runs on both (the distributed optimizer on CPU through parallel/cpu_compat.py).
     """
     errs = [f"parallel.{key}={getattr(p, key)}: must be >= 1"
             for key in ("tp", "pp", "cp", "vpp") if getattr(p, key) < 1]
@@ -65,14 +65,4 @@ def validate_parallel(p: ParallelConfig, *, num_heads: int, kv_heads: int, num_l
         errs.append(f"parallel.cp_comm={p.cp_comm!r}: expected allgather or ring")
     if p.backend not in ("auto", "gloo", "nccl"):
         errs.append(f"parallel.backend={p.backend!r}: expected auto, gloo or nccl")
-    if p.distributed_optimizer and not _cuda_device(device):
-        errs.append("parallel.distributed_optimizer=true runs on GPUs only (megatron's distributed "
-                    "optimizer keeps CUDA buffers); set it to false on CPU")
     return errs
-
-
-def _cuda_device(device: str) -> bool:
-    if device == "cpu":
-        return False
-    import torch
-    return torch.cuda.is_available()

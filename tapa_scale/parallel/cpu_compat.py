@@ -11,7 +11,21 @@ when the device is the CPU) changes exactly these, and `disable()` / leaving `ac
   state (CudaRNGStatesTracker.fork, entered by sequence-parallel embeddings on every forward);
 - LanguageModule.setup_embeddings_and_output_layer -> the same method with `torch.Tensor.cuda` made the
   identity for the duration of the call (the tied output weight is moved with `weight.data.cuda()`
-  with pipeline parallelism); `torch.Tensor.cuda` is restored when the call returns.
+  with pipeline parallelism); `torch.Tensor.cuda` is restored when the call returns;
+- the distributed optimizer (megatron.core.optimizer.distrib_optimizer.DistributedOptimizer, ZeRO-1):
+  its `__init__` and `megatron.core.optimizer.optimizer.clip_grad_by_total_norm_fp32` (the clipping
+  every megatron optimizer calls) -> the same callables with CPU tensors answering `Tensor.type()` by
+  their CUDA type name ('torch.FloatTensor' -> 'torch.cuda.FloatTensor') for the duration of the call.
+  Both sort or assert on those names: `__init__` takes fp32 parameters only when their type is
+  'torch.cuda.FloatTensor' (anything else is a TypeError) and picks which need an fp32 main copy by
+  'torch.cuda.HalfTensor' / 'torch.cuda.BFloat16Tensor'; clipping asserts every gradient is
+  'torch.cuda.FloatTensor'. Only names of CPU tensors are changed, and `Tensor.type` is restored
+  when the call returns.
+
+Not patched, so not available on CPU: the distributed optimizer's legacy gather/scatter checkpoint
+formats (`get_parameter_state_dp_zero`, `sharding_type='dp_zero_gather_scatter'`: `Tensor.cuda()`
+on the gathered shards), megatron's CPU-offloading HybridDeviceOptimizer, and
+`overlap_grad_reduce` / `overlap_param_gather` (they run on CUDA streams, `torch.cuda.Stream`).
 
 It refuses to switch on in a process that has initialised CUDA (the patched modules would put that
 process's GPU buffers on the CPU), and refuses a megatron-core version other than `TESTED_VERSIONS`
@@ -59,6 +73,15 @@ _MODULES = {
     "megatron.core.dist_checkpointing.strategies.filesystem_async": "a CUDA sync before writing",
     "megatron.core.dist_checkpointing.strategies.state_dict_saver": "save flags on the CUDA device",
     "megatron.core.dist_checkpointing.strategies.async_utils": "async-save bookkeeping on the CUDA device",
+    # MixedPrecisionOptimizer.__init__ (base of the distributed optimizer): its unit loss scale
+    # (`_scale_one`) and apex's overflow flag (`_dummy_overflow_buf`) are torch.tensor(..., device='cuda').
+    "megatron.core.optimizer.optimizer": "the distributed optimizer's unit loss scale on the CUDA device",
+    # get_grad_norm_fp32 / clip_grad_by_total_norm_fp32 / count_zeros_fp32: the overflow flag, the
+    # zero norm of a rank without gradients and the zero count are created with device='cuda'.
+    "megatron.core.optimizer.clip_grads": 'global-norm and clipping scratch tensors with device="cuda"',
+    # DistributedOptimizer.load_state_dict: the optimizer-state shards it allocates before a
+    # checkpoint load (torch.empty(..., device=torch.cuda.current_device())).
+    "megatron.core.optimizer.distrib_optimizer": "optimizer-state shards for a load on the CUDA device",
 }
 
 
@@ -123,6 +146,38 @@ def _tensor_cuda_is_identity(fn):
         finally:
             torch.Tensor.cuda = original
     return setup
+
+
+_CUDA_TYPE_PATCHES = 0  # nesting depth of calls that see CUDA type names (Tensor.type swapped while > 0)
+_TENSOR_TYPE = torch.Tensor.type
+
+
+def _cuda_named_type(tensor, dtype=None, non_blocking=False, **kwargs):
+    """Tensor.type as the distributed optimizer's checks see it on CPU: with no argument a CPU tensor
+    names its CUDA type ('torch.FloatTensor' -> 'torch.cuda.FloatTensor'); a conversion
+    (`t.type(dtype)`) and every other tensor behave as torch's own."""
+    if dtype is not None or kwargs or tensor.device.type != "cpu":
+        return _TENSOR_TYPE(tensor, dtype, non_blocking, **kwargs)
+    name = _TENSOR_TYPE(tensor)
+    return "torch.cuda." + name[len("torch."):] if name.startswith("torch.") else name
+
+
+def _with_cuda_type_names(fn):
+    """`fn` with Tensor.type answering CUDA type names for CPU tensors while it runs (re-entrant)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        global _CUDA_TYPE_PATCHES
+        if _CUDA_TYPE_PATCHES == 0:
+            torch.Tensor.type = _cuda_named_type
+        _CUDA_TYPE_PATCHES += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CUDA_TYPE_PATCHES -= 1
+            if _CUDA_TYPE_PATCHES == 0:
+                torch.Tensor.type = _TENSOR_TYPE
+    call.__wrapped_for_cpu__ = fn
+    return call
 
 
 def _get_cpu_rng_state(device="cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
@@ -200,6 +255,14 @@ def _apply() -> None:
     from megatron.core.models.common.language_module.language_module import LanguageModule
     setup = LanguageModule.setup_embeddings_and_output_layer
     _swap(LanguageModule, "setup_embeddings_and_output_layer", _tensor_cuda_is_identity(setup))
+    from megatron.core.optimizer import optimizer as mcore_optimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    if not callable(getattr(mcore_optimizer, "clip_grad_by_total_norm_fp32", None)):
+        raise RuntimeError("cpu_compat: megatron.core.optimizer.optimizer.clip_grad_by_total_norm_fp32 not found; "
+                           "patch needs review")
+    _swap(mcore_optimizer, "clip_grad_by_total_norm_fp32",
+          _with_cuda_type_names(mcore_optimizer.clip_grad_by_total_norm_fp32))
+    _swap(DistributedOptimizer, "__init__", _with_cuda_type_names(DistributedOptimizer.__init__))
 
 
 def disable() -> None:

@@ -6,13 +6,16 @@ and compare every rank's losses, gradients and final weights with a single-proce
 
 A layout is a dash-joined list: tp2, pp2, cp2, vpp2, sp (sequence parallel), ring (cp_comm=ring),
 plain (no packed documents: default positions), chunk (the loss computed 16 positions x batch at a
-time, model/lm_head.py, against the reference's single piece), and a positional encoding (tapa when none is named:
-rope, pi, yarn, nope, alibi); the data-parallel size is what the world leaves. The reference covers
+time, model/lm_head.py, against the reference's single piece), zero (megatron's distributed optimizer:
+AdamW state sharded over the data x context ranks), dp2 (a name only: the data-parallel size is what
+the world leaves), and a positional encoding (tapa when none is named: rope, pi, yarn, nope, alibi). The reference covers
 TAPA with and without documents and each ENC given after --reference with documents.
 Every layout starts from the reference's initial weights (cut into this rank's shards), reads the same
 global batches (split over data-parallel ranks as the loader splits them) and runs the library's own
 train_step / evaluate. Rank 0 writes OUT/<layout>.json with the losses, grad norms and the largest
-relative differences (over all ranks) of gradients and weights.
+relative differences (over all ranks) of gradients and weights; with `zero`, instead of per-step
+gradients (the distributed optimizer clips each rank's shard in place: no rank holds them whole), each
+rank's measured optimizer-state bytes beside those of torch's AdamW over the same parameters.
 """
 from __future__ import annotations
 
@@ -53,17 +56,18 @@ def make_config(layout: dict, dp: int) -> Config:
     p = cfg.parallel
     p.tp, p.pp, p.cp, p.vpp = layout["tp"], layout["pp"], layout["cp"], layout["vpp"]
     p.sequence_parallel, p.cp_comm = layout["sp"], "ring" if layout["ring"] else "allgather"
+    p.distributed_optimizer = layout["zero"]
     problems = validate(cfg, world_size=dp * p.tp * p.pp * p.cp, check_paths=False)
     assert not problems, problems
     return cfg
 
 
 def parse(name: str) -> dict:
-    layout = dict(tp=1, pp=1, cp=1, vpp=1, sp=False, ring=False, docs=True, enc="tapa", chunk=False)
+    layout = dict(tp=1, pp=1, cp=1, vpp=1, sp=False, ring=False, docs=True, enc="tapa", chunk=False, zero=False)
     for part in name.split("-"):
         if part in ENCODINGS:
             layout["enc"] = part
-        elif part in ("sp", "ring", "chunk"):
+        elif part in ("sp", "ring", "chunk", "zero"):
             layout[part] = True
         elif part == "plain":
             layout["docs"] = False
@@ -118,6 +122,34 @@ class Recorder:
         return self.optimizer.step()
 
 
+def state_bytes(optimizer) -> int:
+    """Bytes of every tensor the torch optimizer(s) keep as state (inside megatron's wrappers: a
+    ChainedOptimizer of DistributedOptimizers around torch AdamW), as allocated."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # the parity Recorder
+    inner = [getattr(o, "optimizer", o) for o in getattr(optimizer, "chained_optimizers", [optimizer])]
+    return sum(v.numel() * v.element_size() for o in inner for st in o.state.values() for v in st.values()
+               if torch.is_tensor(v) and v.dim() > 0)
+
+
+def zero_memory(run, chunks) -> dict:
+    """This rank's optimizer-state bytes under the distributed optimizer, those of torch's AdamW over
+    the same parameters (built and stepped once on copies: measured, not computed) and 1/(dp x cp) of
+    the padded gradient buffers in AdamW bytes (the largest shard a rank may own)."""
+    from megatron.core import parallel_state as mpu
+    from tapa_scale.train.optim import build_optimizer
+
+    copies = [torch.nn.Parameter(p.detach().clone()) for c in chunks for p in c.parameters() if p.requires_grad]
+    for c in copies:
+        c.grad = torch.zeros_like(c)
+    plain = build_optimizer(copies, run.cfg.train)
+    plain.step()
+    shards = mpu.get_data_parallel_world_size(with_context_parallel=True)
+    padded = sum(b.grad_data.numel() for w in run.chunks for b in w.buffers)
+    return {"rank": dist.get_rank(), "model_rank": [run.groups.tp_rank, run.groups.pp_rank], "shards": shards,
+            "state_bytes": state_bytes(run.optimizer), "plain_bytes": state_bytes(plain),
+            "shard_bound_bytes": 8 * padded // shards}
+
+
 def steps_for(cfg: Config) -> int:
     """TAPA runs STEPS steps (optimizer state and schedules across steps); a baseline encoding one: its
     losses, every gradient and the weights after the update already show an encoding that is wrong
@@ -141,7 +173,10 @@ def run_layout(cfg: Config, groups, full_init: dict | None):
     from tapa_scale.train.step import evaluate, train_step
     batches = dp_view(global_batches("train", STEPS * MICRO), groups.dp_rank, groups.dp_size)
     losses, norms = zip(*(train_step(run, batches) for _ in range(steps_for(cfg))))
-    return chunks, optimizer.grads, {"losses": list(losses), "norms": list(norms), "val": evaluate(run, 2)}
+    stats = {"losses": list(losses), "norms": list(norms), "val": evaluate(run, 2)}
+    if cfg.parallel.distributed_optimizer:
+        stats["zero"] = zero_memory(run, chunks)
+    return chunks, optimizer.grads, stats
 
 
 def reference(out: Path, encodings: list[str]) -> None:
@@ -194,6 +229,12 @@ def parallel(out: Path, names: list[str]) -> None:
             errs = torch.tensor(errs, dtype=torch.float64)
             dist.all_reduce(errs, op=dist.ReduceOp.MAX)
             stats.update(grad_errors=errs[:-1].tolist(), param_error=float(errs[-1]))
+            if cfg.parallel.distributed_optimizer:  # no rank holds the clipped gradients whole
+                del stats["grad_errors"]
+            if "zero" in stats:  # every rank's measurement, in rank order
+                every = [None] * dist.get_world_size()
+                dist.all_gather_object(every, stats["zero"])
+                stats["zero"] = every
         except Exception:
             stats = {"error": traceback.format_exc()}
             (out / f"{name}.rank{dist.get_rank()}.json").write_text(json.dumps(stats))

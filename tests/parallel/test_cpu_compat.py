@@ -14,9 +14,14 @@ def _targets():
     from megatron.core.models.common.language_module.language_module import LanguageModule
     from megatron.core.tensor_parallel import random as tp_random
 
+    from megatron.core.optimizer import optimizer as mcore_optimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
     names = {m: importlib.import_module(m).torch for m in cpu_compat._MODULES}
     return (names, tp_random._get_cuda_rng_state, tp_random._set_cuda_rng_state,
-            LanguageModule.__dict__["setup_embeddings_and_output_layer"], torch.Tensor.cuda)
+            LanguageModule.__dict__["setup_embeddings_and_output_layer"], torch.Tensor.cuda,
+            DistributedOptimizer.__dict__["__init__"], mcore_optimizer.clip_grad_by_total_norm_fp32,
+            torch.Tensor.type)
 
 
 def test_disable_restores_megatron_and_tensor_cuda():
@@ -28,6 +33,7 @@ def test_disable_restores_megatron_and_tensor_cuda():
     with cpu_compat.active():
         during = _targets()
         assert all(t is not torch for t in during[0].values()) and during[1] is not before[1]
+        assert during[5] is not before[5] and during[6] is not before[6] and during[7] is before[7]
     after = _targets()
     assert after[0] == before[0] and after[1:] == before[1:]
     if was:
@@ -102,3 +108,18 @@ print("ok")
     root = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_cuda_type_names_only_inside_the_patched_calls():
+    """The distributed optimizer's type checks see 'torch.cuda.FloatTensor' for a CPU fp32 tensor while
+    a patched call runs; conversions, and everything after the call, see torch's own answers."""
+    seen = []
+
+    def probe(t):
+        seen.append((t.type(), t.type(torch.float64).dtype, t.half().type()))
+        return "done"
+
+    wrapped = cpu_compat._with_cuda_type_names(cpu_compat._with_cuda_type_names(probe))  # re-entrant
+    assert wrapped(torch.zeros(2)) == "done"
+    assert seen == [("torch.cuda.FloatTensor", torch.float64, "torch.cuda.HalfTensor")]
+    assert torch.zeros(2).type() == "torch.FloatTensor" and torch.Tensor.type is cpu_compat._TENSOR_TYPE

@@ -1,0 +1,81 @@
+"""megatron-core's distributed optimizer (ZeRO-1: AdamW state sharded over the data x context parallel
+ranks) trains like one process with torch's AdamW, and each rank holds 1/(dp x cp) of the state.
+
+One single-process reference (torch AdamW, unsharded) and one launch per process count run every
+layout with `parallel.distributed_optimizer=true`, through parity_script.py (the script and tolerances
+of test_parity.py): losses, clipped global gradient norms, validation loss and the final weights after
+3 steps. Per-step gradients are not compared: the distributed optimizer clips each rank's shard of the
+reduced gradient in place, so no rank holds them whole; wrong gradients show in the weights.
+
+Memory, measured on every rank: the bytes of the optimizer state it allocated, beside those of torch's
+AdamW over the same parameters (built and stepped on copies). The shards of one model-parallel rank
+add up to exactly the unsharded state (padding carries no state), and no shard is larger than
+1/(dp x cp) of megatron's padded gradient buffer (8 bytes of AdamW state per element).
+"""
+import sys
+from collections import defaultdict
+
+import pytest
+
+from dist_harness import HERE, read_json, rank_env, run, torchrun
+from parity_script import parse, reference_tag
+from test_parity import GRAD_TOL, LOSS_RTOL
+
+SCRIPT = HERE / "parity_script.py"
+# (layout, data x context ranks the state is sharded over). 2 ranks: DP alone, CP alone (its ranks are
+# part of the optimizer's group), TP / PP / interleaved PP with one shard (the optimizer is a plain
+# one); 4 ranks: DP with TP + SP, 1F1B, interleaved 1F1B, ring CP, and TP x CP.
+TWO = {"dp2-zero": 2, "cp2-zero": 2, "cp2-ring-plain-zero": 2, "tp2-sp-zero": 1, "pp2-zero": 1,
+       "pp2-vpp2-zero": 1}
+FOUR = {"dp2-tp2-sp-zero": 2, "dp2-pp2-zero": 2, "dp2-pp2-vpp2-zero": 2, "dp2-cp2-ring-zero": 4,
+        "tp2-cp2-sp-ring-zero": 2}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero")
+    run([sys.executable, str(SCRIPT), str(out), "--reference"], timeout=300, env=rank_env())
+    failures = {}
+    for nproc, layouts in ((2, TWO), (4, FOUR)):
+        try:
+            torchrun(nproc, SCRIPT, out, *layouts, timeout=300)
+        except AssertionError as e:
+            failures[nproc] = str(e)[-4000:]
+    return out, failures
+
+
+def _result(results, layout: str) -> dict:
+    out, failures = results
+    path = out / f"{layout}.json"
+    if not path.exists():
+        errors = sorted(out.glob(f"{layout}.rank*.json"))
+        pytest.fail(f"{layout}: no result\n" + (read_json(errors[0])["error"] if errors else "\n".join(failures.values())))
+    return read_json(path)
+
+
+def _check(results, layout: str, shards: int) -> None:
+    got = _result(results, layout)
+    ref = read_json(results[0] / f"reference_{reference_tag(parse(layout))}.json")
+    assert got["losses"] == pytest.approx(ref["losses"], rel=LOSS_RTOL), "losses"
+    assert got["norms"] == pytest.approx(ref["norms"], rel=LOSS_RTOL), "clipped global gradient norms"
+    assert got["val"] == pytest.approx(ref["val"], rel=LOSS_RTOL), "validation loss"
+    assert got["param_error"] < GRAD_TOL, "weights after the last step"
+    by_model_rank = defaultdict(list)
+    for r in got["zero"]:
+        assert r["shards"] == shards, r
+        assert r["state_bytes"] <= r["shard_bound_bytes"], f"rank {r['rank']}: shard larger than 1/{shards}: {r}"
+        by_model_rank[tuple(r["model_rank"])].append(r)
+    for model_rank, ranks in by_model_rank.items():
+        assert len(ranks) == shards
+        plain = ranks[0]["plain_bytes"]
+        assert sum(r["state_bytes"] for r in ranks) == plain, f"model rank {model_rank}: shards {ranks}"
+
+
+@pytest.mark.parametrize("layout", TWO)
+def test_two_ranks_match_one_process(results, layout):
+    _check(results, layout, TWO[layout])
+
+
+@pytest.mark.parametrize("layout", FOUR)
+def test_four_ranks_match_one_process(results, layout):
+    _check(results, layout, FOUR[layout])
