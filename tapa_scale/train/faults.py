@@ -3,7 +3,10 @@ and the explicit fault injections the tests use.
 
 - `NonFiniteGuard` wraps the optimizer's `step`: when any gradient of any rank is NaN/inf, the step is
   skipped on every rank (one all-reduced flag, so ranks never diverge) and the optimizer state and the
-  weights are left untouched. The loop then applies train.on_nonfinite.
+  weights are left untouched. The gradients are read where megatron's DDP keeps them, its contiguous
+  fp32 buffers (`param.main_grad` are views of them), for torch's AdamW and the distributed optimizer
+  alike: the latter never fills `param.grad` and, without a loss scaler, would step on a NaN. The
+  loop then applies train.on_nonfinite.
 - `Preemption` turns SIGTERM / SIGUSR1 (slurm's --signal, torchrun forwarding a stop) into a flag the
   loop polls once per step; the flag is all-reduced so that every rank saves after the same step.
 - `Watchdog` is a daemon thread: when no step finishes within train.watchdog_s it prints one line with
@@ -34,23 +37,52 @@ def _all_reduce_max(value: float, device) -> float:
 
 
 class NonFiniteGuard:
-    """Replaces `optimizer.step` with one that skips the update when a gradient is not finite."""
+    """Replaces `optimizer.step` with one that skips the update when a gradient is not finite.
 
-    def __init__(self, optimizer, device):
+    `chunks` are the DDP-wrapped model chunks whose gradient buffers the optimizer reads. A skipped
+    step returns what the wrapped optimizer returns when it skips one itself: megatron's optimizers
+    `(False, None, None)` (updated, grad norm, zeros in grads), torch's None."""
+
+    def __init__(self, optimizer, device, chunks):
         self.optimizer, self.device = optimizer, device
+        self.buffers = grad_buffers(chunks)
         self.skipped_last = False
         self._step = optimizer.step
-        optimizer.step = self.step  # train/step.py calls run.optimizer.step() after clipping
+        self._skipped = (False, None, None) if _is_megatron(optimizer) else None
+        optimizer.step = self.step  # train/step.py calls run.optimizer.step()
 
     def step(self, *args, **kwargs):
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        local = 0.0
-        if grads:  # one fused reduction: a NaN or inf anywhere makes the sum non-finite
-            local = 0.0 if torch.isfinite(torch.stack([g.float().sum() for g in grads]).sum()) else 1.0
+        local = 0.0 if all_finite(self.buffers) else 1.0
         self.skipped_last = _all_reduce_max(local, self.device) > 0
         if self.skipped_last:
-            return None
+            return self._skipped
         return self._step(*args, **kwargs)
+
+
+def grad_buffers(chunks) -> list:
+    """The gradient storage of megatron DDP chunks: one flat fp32 tensor per buffer. After the step's
+    reduction it holds what the optimizer reads: the averaged gradient (all-reduce), or with the
+    distributed optimizer this rank's reduced shard beside its own contributions to the other shards
+    (reduce-scatter; a non-finite contribution there makes the owner's shard non-finite too)."""
+    out = []
+    for chunk in chunks:
+        buffers = [*getattr(chunk, "buffers", []), *getattr(chunk, "expert_parallel_buffers", [])]
+        if not buffers:
+            raise TypeError(f"{type(chunk).__name__} has no DDP gradient buffers (wrap it with parallelize())")
+        out += [b.grad_data for b in buffers]
+    return out
+
+
+def all_finite(tensors) -> bool:
+    """True when no element of any tensor is NaN or inf (one fused sum: NaN or inf anywhere makes it so)."""
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.stack([t.float().sum() for t in tensors]).sum()))
+
+
+def _is_megatron(optimizer) -> bool:
+    from megatron.core.optimizer import MegatronOptimizer
+    return isinstance(optimizer, MegatronOptimizer)
 
 
 class Preemption:

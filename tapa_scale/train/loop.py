@@ -60,7 +60,7 @@ def _train(cfg: Config, run) -> dict:
     state, chosen, same_layout = _start(cfg, run)
     logger = MetricsLogger(Path(cfg.run.dir), total_steps=t.steps, start_step=state["step"],
                            enabled=run.groups.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress)
-    guard = faults.NonFiniteGuard(run.optimizer, run.device)
+    guard = faults.NonFiniteGuard(run.optimizer, run.device, run.chunks)
     preempt = faults.Preemption(t.save_on_signal, run.device)
     watchdog = faults.Watchdog(t.watchdog_s, run.groups.rank)
     saver = Saver(run, cfg, hook=faults.kill_hook(t.fault_kill_in_save) if t.fault_kill_in_save else None)

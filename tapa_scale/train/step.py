@@ -81,9 +81,15 @@ def train_step(run, batches) -> tuple[float, float]:
     run.optimizer.zero_grad(set_to_none=True)
     microbatches = [prepare_batch(run, next(batches)) for _ in range(run.accumulation)]
     loss = _run_schedule(run, microbatches, forward_only=False)
-    if run.cfg.parallel.distributed_optimizer:  # megatron's optimizer clips and reports the norm itself
-        _, norm, _ = run.optimizer.step()
-        return loss, float(norm or 0.0)
+    if run.cfg.parallel.distributed_optimizer:
+        # megatron's optimizer takes this rank's shard of the reduced gradients (main_grad), clips them
+        # by the global norm over every shard and model-parallel rank, steps and all-gathers the weights
+        updated, norm, _ = run.optimizer.step()
+        if not updated:  # skipped (faults.NonFiniteGuard): a gradient was not finite
+            return loss, float("nan")
+        if not run.cfg.train.grad_clip:  # megatron computes the norm only to clip; the step left the grads
+            norm = run.optimizer.get_grad_norm()
+        return loss, float(norm)
     params = trainable_params(run.chunks)
     for p in params:  # DDP accumulated and reduced the gradients into main_grad
         p.grad = p.main_grad

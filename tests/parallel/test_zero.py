@@ -11,7 +11,11 @@ Memory, measured on every rank: the bytes of the optimizer state it allocated, b
 AdamW over the same parameters (built and stepped on copies). The shards of one model-parallel rank
 add up to exactly the unsharded state (padding carries no state), and no shard is larger than
 1/(dp x cp) of megatron's padded gradient buffer (8 bytes of AdamW state per element).
+
+Faults (zero_faults_script.py, 2 ranks): a NaN gradient on one rank skips the step on both, read from
+the gradient buffers (main_grad) the distributed optimizer uses, weights and state bit-identical.
 """
+import math
 import sys
 from collections import defaultdict
 
@@ -79,3 +83,22 @@ def test_two_ranks_match_one_process(results, layout):
 @pytest.mark.parametrize("layout", FOUR)
 def test_four_ranks_match_one_process(results, layout):
     _check(results, layout, FOUR[layout])
+
+
+def test_nonfinite_gradient_skips_the_step_with_weights_and_state_untouched(tmp_path):
+    # Catches a guard that reads param.grad (empty on megatron's path: the NaN step would be taken and
+    # the weights become NaN), a skip on one rank only, and a skip whose return value train_step
+    # cannot unpack. torch's AdamW (dp2) goes through the same guard as the sharded optimizer.
+    torchrun(2, HERE / "zero_faults_script.py", tmp_path, timeout=180)
+    got = read_json(tmp_path / "faults.json")
+    for layout in ("dp2-zero", "dp2"):
+        for rank, r in enumerate(got[layout]):
+            where = f"{layout} rank {rank}"
+            assert r["state_tensors"] > 0, where
+            assert not r["grads_finite"] and r["skipped"], f"{where}: NaN gradient not detected"
+            assert r["weights_kept"] and r["state_kept"], f"{where}: skipped step changed weights or state"
+            assert math.isnan(r["steps"][1][0]) and math.isnan(r["steps"][1][1]), where  # reported as NaN
+            assert not r["third_skipped"] and r["third_moved"], f"{where}: training did not go on"
+            assert all(math.isfinite(v) for v in r["steps"][0] + r["steps"][2]), where
+    zero, plain = got["dp2-zero"][0]["steps"], got["dp2"][0]["steps"]
+    assert zero[2] == pytest.approx(plain[2], rel=LOSS_RTOL)  # the same step skipped by both optimizers
