@@ -130,3 +130,13 @@ def test_killed_extension_resumes_bit_identically_and_gates_stop_it(tmp_path):
     assert _run(ref, "--eval-results", str(injected), "--ignore-gates", stages=gated).returncode == 0
     changed = _run(ref, "long:train.steps=5", check=False, stages=gated)
     assert changed.returncode == 2 and "stage 'long' is finished; it trained with train.steps=4" in changed.stderr
+
+
+@pytest.mark.parametrize("name, world", [("tiny_extend", 1), ("ci", 1), ("llama3_8b_8k_to_32k", 32)])
+@pytest.mark.parametrize("encoding", ["tapa", "yarn"])
+def test_shipped_stages_files_resolve(name, world, encoding):
+    plan = load_plan(ROOT / "configs" / "stages" / f"{name}.yaml", [f"model.pos_encoding={encoding}"], world_size=world)
+    assert [s.seq_len for s in plan.stages] == sorted(s.seq_len for s in plan.stages)
+    if encoding == "yarn":
+        assert plan.stages[-1].cfg.model.rope.original_length == plan.stages[0].seq_len
+        assert plan.stages[-1].cfg.model.rope.scale > 1
