@@ -52,3 +52,27 @@ def torchrun(nproc: int, script, *args, timeout: float = 240) -> str:
 
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def launch_layouts(script, out, launches, timeout: float) -> dict:
+    """torchrun(nproc, script, out, *layouts) for each (nproc, layouts); a launch that fails leaves its
+    layouts without results and its error tail under failures[nproc]."""
+    failures = {}
+    for nproc, layouts in launches:
+        try:
+            torchrun(nproc, script, out, *layouts, timeout=timeout)
+        except AssertionError as e:
+            failures[nproc] = str(e)[-4000:]
+    return failures
+
+
+def layout_result(out, failures: dict, layout: str) -> dict:
+    """OUT/<layout>.json written by a rank script, or the test fails with the rank's error (or the launch's)."""
+    import pytest
+
+    path = Path(out) / f"{layout}.json"
+    if not path.exists():
+        errors = sorted(Path(out).glob(f"{layout}.rank*.json"))
+        detail = read_json(errors[0])["error"] if errors else "\n".join(failures.values())
+        pytest.fail(f"{layout}: no result\n{detail}")
+    return read_json(path)

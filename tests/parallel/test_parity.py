@@ -15,7 +15,7 @@ parity_script.make_config) so that rounding-sized gradient differences stay roun
 """
 import pytest
 
-from dist_harness import HERE, read_json, run, rank_env, torchrun
+from dist_harness import HERE, launch_layouts, layout_result, rank_env, read_json, run
 from parity_script import parse, reference_tag
 from tapa_scale.ops import ENCODINGS
 
@@ -33,23 +33,12 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("parity")
     import sys
     run([sys.executable, str(SCRIPT), str(out), "--reference", *BASELINES], timeout=300, env=rank_env())
-    failures = {}
-    for nproc, layouts in ((2, TWO + ENCODED), (4, FOUR)):
-        try:
-            torchrun(nproc, SCRIPT, out, *layouts, timeout=420)
-        except AssertionError as e:
-            failures[nproc] = str(e)[-4000:]
-    return out, failures
+    return out, launch_layouts(SCRIPT, out, ((2, TWO + ENCODED), (4, FOUR)), timeout=420)
 
 
 def _check(results, layout: str) -> None:
-    out, failures = results
-    path = out / f"{layout}.json"
-    if not path.exists():
-        errors = sorted(out.glob(f"{layout}.rank*.json"))
-        detail = read_json(errors[0])["error"] if errors else "\n".join(failures.values())
-        pytest.fail(f"{layout}: no result\n{detail}")
-    got = read_json(path)
+    out, _ = results
+    got = layout_result(*results, layout)
     ref = read_json(out / f"reference_{reference_tag(parse(layout))}.json")
     assert got["losses"] == pytest.approx(ref["losses"], rel=LOSS_RTOL), "losses"
     assert got["norms"] == pytest.approx(ref["norms"], rel=LOSS_RTOL), "gradient norms"

@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import pytest
 
-from dist_harness import HERE, read_json, rank_env, run, torchrun
+from dist_harness import HERE, launch_layouts, layout_result, rank_env, read_json, run, torchrun
 from parity_script import parse, reference_tag
 from test_parity import GRAD_TOL, LOSS_RTOL
 
@@ -39,22 +39,11 @@ FOUR = {"dp2-tp2-sp-zero": 2, "dp2-pp2-zero": 2, "dp2-pp2-vpp2-zero": 2, "dp2-cp
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero")
     run([sys.executable, str(SCRIPT), str(out), "--reference"], timeout=300, env=rank_env())
-    failures = {}
-    for nproc, layouts in ((2, TWO), (4, FOUR)):
-        try:
-            torchrun(nproc, SCRIPT, out, *layouts, timeout=300)
-        except AssertionError as e:
-            failures[nproc] = str(e)[-4000:]
-    return out, failures
+    return out, launch_layouts(SCRIPT, out, ((2, TWO), (4, FOUR)), timeout=300)
 
 
 def _result(results, layout: str) -> dict:
-    out, failures = results
-    path = out / f"{layout}.json"
-    if not path.exists():
-        errors = sorted(out.glob(f"{layout}.rank*.json"))
-        pytest.fail(f"{layout}: no result\n" + (read_json(errors[0])["error"] if errors else "\n".join(failures.values())))
-    return read_json(path)
+    return layout_result(*results, layout)
 
 
 def _check(results, layout: str, shards: int) -> None:
