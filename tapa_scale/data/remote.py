@@ -138,6 +138,24 @@ def mirror_metadata(uri: str, cache_dir: Path, fetch: Fetch) -> Path:
     return root
 
 
+def upload_dataset(root: Path, uri: str, fetch: Fetch) -> None:
+    """Copy a prepared dataset directory to ``uri`` with streaming's uploader: the splits first,
+    ``manifest.json`` last, so a reader never finds a manifest whose files are not there yet."""
+    from streaming.base.storage.upload import CloudUploader
+
+    uri = uri.rstrip("/")
+    files = sorted(str(p.relative_to(root)) for split in ("train", "val")
+                   for p in (root / split).iterdir() if p.is_file())
+    name = ""
+    try:
+        uploader = CloudUploader.get(out=(str(root), uri), keep_local=True,
+                                     retry=max(1, fetch.attempts), exist_ok=True)
+        for name in files + ["manifest.json"]:
+            uploader.upload_file(name)
+    except Exception as exc:  # noqa: BLE001 - one line naming the file and the cause
+        raise DataError(f"{uri}/{name}: cannot upload, {_reason(exc)}") from None
+
+
 class LocalShards:
     """Random access to the MDS samples of a split whose shards are all on local disk."""
 
