@@ -46,6 +46,12 @@ class MixedIndex:
         return [(s, shard) for shard in
                 dict.fromkeys(self.stores[s].shard_of(c) for c in self.parts[s].chunks(j))]
 
+    def close(self) -> None:
+        """Stop the fetch threads (a fetch in flight finishes first)."""
+        for store in self.stores:
+            if isinstance(store, RemoteShards):
+                store.close()
+
     def plan_ahead(self, samples: list[list[int]]) -> None:
         """Pin the shards of ``samples`` (the current batch first, then the next ones) and fetch
         those not cached in the background, in order of use."""
@@ -76,8 +82,14 @@ class _Batches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        index = self.loader._index()  # built per process: readers, caches and fetch threads
+        try:
+            yield from self._batches(index, worker, n_workers)
+        finally:
+            index.close()
+
+    def _batches(self, index: MixedIndex, worker: int, n_workers: int):
         loader = self.loader
-        index = loader._index()  # built per process: readers, caches and fetch threads
         b = worker
         while self.n_batches is None or b < self.n_batches:
             if index.remote:  # this batch's shards and those of the next `prefetch` batches

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -209,7 +208,6 @@ class RemoteShards(LocalShards):
         self.pending: dict[int, Future] = {}
         self.pinned: set[int] = set()
         self.lock = threading.Lock()
-        self.fetched = 0  # shards this process downloaded (for tests and the bench)
         self._last_touched = -1
 
     def path(self, shard: int) -> Path:
@@ -232,7 +230,6 @@ class RemoteShards(LocalShards):
             size = self.path(shard).stat().st_size
             if size != raw.bytes:
                 raise _SizeMismatch(f"size {size} bytes, expected {raw.bytes}")
-            self.fetched += 1
 
         def clean_up():
             reader.evict()  # a wrong or partial file must not look cached
@@ -311,11 +308,3 @@ class RemoteShards(LocalShards):
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
-
-
-def wait_idle(stores, timeout: float = 30.0) -> None:
-    """Wait until the background fetches of ``stores`` are done (tests, benchmarks)."""
-    end = time.monotonic() + timeout
-    for store in stores:
-        for future in list(getattr(store, "pending", {}).values()):
-            future.exception(timeout=max(0.0, end - time.monotonic()))
