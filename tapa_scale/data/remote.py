@@ -34,7 +34,7 @@ METADATA = ("index.json", "samples.npy")
 def schemes() -> list[str]:
     """URI schemes mosaicml-streaming can download from (its registered downloaders)."""
     from streaming.base.storage.download import DOWNLOADER_MAPPINGS
-    return sorted(DOWNLOADER_MAPPINGS)
+    return sorted(s for s in DOWNLOADER_MAPPINGS if s not in ("", "dbfs-uc"))  # local; dbfs:/Volumes
 
 
 def is_remote(path: str) -> bool:
@@ -46,12 +46,10 @@ def location_problem(key: str, value: str) -> str | None:
     if not value or not is_remote(value):
         return None
     scheme = urllib.parse.urlparse(value).scheme
-    if value.startswith("dbfs:/Volumes"):
-        scheme = "dbfs-uc"
     if scheme not in schemes():
         return (f"{key}={value!r}: unknown URI scheme {scheme!r}; expected a local directory or "
                 f"one of {', '.join(s + '://' for s in schemes())}")
-    if not urllib.parse.urlparse(value).netloc and scheme not in ("dbfs", "dbfs-uc"):
+    if not urllib.parse.urlparse(value).netloc and scheme != "dbfs":
         return f"{key}={value!r}: the URI has no bucket/host; expected e.g. {scheme}://bucket/prefix"
     return None
 
