@@ -105,13 +105,14 @@ def ensure_dataset(cfg: DataConfig) -> Path:
 
 
 def build_loader(cfg: DataConfig, split: str, micro_batch_size: int, *, dp_rank: int = 0,
-                 dp_size: int = 1, seed: int = 0) -> PackedLoader:
+                 dp_size: int = 1, seed: int = 0, sources: list[Source] | None = None) -> PackedLoader:
     """A :class:`PackedLoader` over ``split`` ("train" or "val") of every source, for
     data-parallel rank ``dp_rank`` of ``dp_size``; see ``loader.py`` for the sharding, mixing and
-    resume rules."""
+    resume rules. ``sources`` from :func:`ensure_sources` skips resolving them again (no second
+    validation or manifest fetch, e.g. for every evaluation)."""
     if split not in ("train", "val"):
         raise DataError(f"split {split!r} is not prepared; expected 'train' or 'val'")
-    sources = ensure_sources(cfg)
+    sources = sources if sources is not None else ensure_sources(cfg)
     return PackedLoader(sources, split, cfg.seq_len, micro_batch_size, dp_rank=dp_rank,
                         dp_size=dp_size, seed=seed, shuffle=cfg.shuffle,
                         num_workers=cfg.num_workers, fetch=fetch_settings(cfg),

@@ -218,9 +218,12 @@ class PackedLoader:
         return "mix-" + hashlib.sha256(key.encode()).hexdigest()[:16], listed
 
     def source_tokens(self) -> dict[str, int]:
-        """Tokens handed out so far from each source (all ranks), by source name."""
+        """Tokens handed out so far from each source (all ranks), by source name (``name#i`` for a
+        name listed more than once)."""
         counts = self.plan.counts(self._cursor)
-        return {src.name or "embedded": int(n) * self.seq_len for src, n in zip(self.sources, counts)}
+        names = [src.name or "embedded" for src in self.sources]
+        keys = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+        return {key: int(n) * self.seq_len for key, n in zip(keys, counts)}
 
     def state_dict(self) -> dict:
         dataset, listed = self._identity()
