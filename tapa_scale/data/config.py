@@ -14,6 +14,10 @@ class SourceConfig:
     # a local directory, which is read in place.
     cache_dir: str = ""
     weight: float = 1.0  # share of the training samples: weight / sum of weights
+    # Long-context stages: documents of this source shorter than min_doc_tokens are skipped, longer
+    # than max_doc_tokens (0 = no limit) cut into pieces of that length, each its own document.
+    min_doc_tokens: int = 0
+    max_doc_tokens: int = 0
 
 
 @dataclass
@@ -67,6 +71,10 @@ def validate_data(d: DataConfig) -> list[str]:
                 if w > 0 and q == 0:
                     errs.append(f"data.sources[{i}].weight={w!r}: below 1/{BLOCK} of the total "
                                 f"{sum(weights)!r}, too small to be sampled; expected a larger share")
+    for i, s in enumerate(d.sources):
+        for key in ("min_doc_tokens", "max_doc_tokens"):
+            if getattr(s, key) < 0:
+                errs.append(f"data.sources[{i}].{key}={getattr(s, key)}: must be >= 0")
     for key in ("prefetch", "download_attempts"):
         if getattr(d, key) < (0 if key == "prefetch" else 1):
             errs.append(f"data.{key}={getattr(d, key)}: must be >= {0 if key == 'prefetch' else 1}")

@@ -45,6 +45,8 @@ class Source:
     uri: str         # "" for a local directory
     weight: float
     manifest: dict
+    min_doc_tokens: int = 0
+    max_doc_tokens: int = 0
 
 
 def source_configs(cfg: DataConfig) -> list[tuple[str, SourceConfig]]:
@@ -91,7 +93,7 @@ def ensure_sources(cfg: DataConfig) -> list[Source]:
             root = Path(sc.path)
             manifest = validate_dataset(root, tok_file, verify_checksums=cfg.verify_checksums)
         out.append(Source(sc.path, root, sc.path.rstrip("/") if is_remote(sc.path) else "",
-                          float(sc.weight), manifest))
+                          float(sc.weight), manifest, sc.min_doc_tokens, sc.max_doc_tokens))
     return out
 
 

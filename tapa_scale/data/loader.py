@@ -176,7 +176,9 @@ class PackedLoader:
             seed = (self.seed,) if len(self.sources) == 1 else (self.seed, s)
             parts.append(PackedIndex(self.samples[s], self.seq_len, self.eos_id,
                                      shuffle=self.shuffle, seed=seed,
-                                     read_chunk=store if read else (lambda i: None)))
+                                     read_chunk=store if read else (lambda i: None),
+                                     min_doc_tokens=src.min_doc_tokens,
+                                     max_doc_tokens=src.max_doc_tokens))
             stores.append(store)
         return MixedIndex(parts, stores, getattr(self, "plan", None))
 
@@ -210,11 +212,13 @@ class PackedLoader:
         """The dataset id resume checks (one source: its fingerprint, as before mixtures) and the
         sources with the share each gets (block quotas: what decides the sample sequence)."""
         shares = [int(q) for q in getattr(self.plan, "quota", [1] * len(self.sources))]
-        listed = [{"name": src.name, "fingerprint": src.manifest["fingerprint"], "quota": q}
+        listed = [{"name": src.name, "fingerprint": src.manifest["fingerprint"], "quota": q,
+                   "doc_tokens": [src.min_doc_tokens, src.max_doc_tokens]}
                   for src, q in zip(self.sources, shares)]
-        if len(self.sources) == 1:
+        if len(self.sources) == 1 and listed[0]["doc_tokens"] == [0, 0]:
             return self.sources[0].manifest["fingerprint"], listed
-        key = json.dumps([[x["fingerprint"], x["quota"]] for x in listed])
+        key = json.dumps([[x["fingerprint"], x["quota"]] + ([x["doc_tokens"]] if x["doc_tokens"] != [0, 0]
+                                                            else []) for x in listed])
         return "mix-" + hashlib.sha256(key.encode()).hexdigest()[:16], listed
 
     def source_tokens(self) -> dict[str, int]:
@@ -238,10 +242,14 @@ class PackedLoader:
         """Resume at ``state["samples_seen"]``; any dp size or micro batch size may be used now."""
         mine = self.state_dict()
         saved = state.get("sources") or []
-        if state.get("dataset") != mine["dataset"] and max(len(saved), len(mine["sources"])) > 1:
+        mixed = [str(d).startswith("mix-") for d in (state.get("dataset"), mine["dataset"])]
+        if state.get("dataset") != mine["dataset"] and any(mixed):
             def show(listed):
                 return ", ".join(f"{x['name'] or 'embedded'} ({x['fingerprint']}) "
-                                 f"{x['quota']}/{BLOCK}" for x in listed)
+                                 f"{x['quota']}/{BLOCK}"
+                                 + (" docs {}..{} tokens".format(*x["doc_tokens"])
+                                    if x.get("doc_tokens", [0, 0]) != [0, 0] else "")
+                                 for x in listed)
             raise DataError(f"loader state was saved for sources [{show(saved)}], this run has "
                             f"[{show(mine['sources'])}] (dataset, share of each block of {BLOCK} "
                             "samples): sources and weights cannot change within a stage; start a "

@@ -32,22 +32,27 @@ def second_dataset(tmp_path_factory):
 
 
 def _cfg(roots, weights, **kw):
-    return DataConfig(seq_len=SEQ, sources=[SourceConfig(path=str(r), weight=w)
-                                            for r, w in zip(roots, weights)], **kw)
+    limits = kw.pop("limits", [{}] * len(roots))
+    return DataConfig(seq_len=SEQ, sources=[SourceConfig(path=str(r), weight=w, **lim)
+                                            for r, w, lim in zip(roots, weights, limits)], **kw)
 
 
 class SourceStream:
     """Packed samples of one source, epoch after epoch, written out from the rule in docs/data.md:
     epoch e = documents in the order permutation(default_rng([seed, source, e])), each + EOS."""
 
-    def __init__(self, root, source):
-        self.docs, self.source, self.tokens, self.epoch = _documents(root), source, [], -1
+    def __init__(self, root, source, seed_words=None, min_doc=0, max_doc=0):
+        docs = [d for d in _documents(root) if len(d) >= min_doc]  # shorter ones skipped
+        if max_doc:  # longer ones cut into pieces of max_doc tokens, each its own document
+            docs = [d[i:i + max_doc] for d in docs for i in range(0, len(d), max_doc)]
+        self.docs, self.tokens, self.epoch = docs, [], -1
+        self.seed_words = [SEED, source] if seed_words is None else seed_words
 
     def sample(self, j):
         per_epoch = (sum(len(d) + 1 for d in self.docs) - 1) // SEQ
         epoch, k = divmod(j, per_epoch)
         if epoch != self.epoch:
-            order = np.random.default_rng([SEED, self.source, epoch]).permutation(len(self.docs))
+            order = np.random.default_rng([*self.seed_words, epoch]).permutation(len(self.docs))
             self.tokens = [t for i in order for t in (*self.docs[i], EOS)]
             self.epoch = epoch
         return self.tokens[k * SEQ:k * SEQ + SEQ]
@@ -110,3 +115,23 @@ def test_config_rules_for_sources(tiny_dataset):
         load_config(None, [f"data.sources=[{{path: {tiny_dataset}}}, {{path: {tiny_dataset}, weight: 0.0001}}]"])
     cfg = load_config(None, [f"data.sources=[{{path: {tiny_dataset}, weight: 2}}, {{path: {tiny_dataset}}}]"])
     assert [s.weight for s in cfg.data.sources] == [2.0, 1.0]
+
+
+def test_document_length_limits_per_source(tiny_dataset):
+    """One source, long documents only (min), cut into pieces (max): the samples follow the rule,
+    a piece starts a new segment at position 0, and the limits are part of the resume identity."""
+    lengths = sorted(len(d) for d in _documents(tiny_dataset))
+    lo, hi = lengths[3], 600  # skip the 3 shortest documents, cut the rest into <= 600 tokens
+    cfg = _cfg([tiny_dataset], [1], limits=[{"min_doc_tokens": lo, "max_doc_tokens": hi}])
+    loader = build_loader(cfg, "train", 1, seed=SEED)
+    stream = SourceStream(tiny_dataset, 0, seed_words=[SEED], min_doc=lo, max_doc=hi)
+    assert len(stream.docs) > len(lengths) - 3  # something was cut
+    n = 2 * loader.samples_per_epoch + 5
+    rows = [b for b in itertools.islice(loader, n)]
+    assert [r["input_ids"][0].tolist() for r in rows] == [stream.sample(j) for j in range(n)]
+    for r in rows:  # after every EOS: a new segment whose positions start at 0
+        ids, pos = r["input_ids"][0].numpy(), r["position_ids"][0].numpy()
+        assert (pos[1:][ids[:-1] == EOS] == 0).all()
+    plain = build_loader(DataConfig(path=str(tiny_dataset), seq_len=SEQ), "train", 1, seed=SEED)
+    with pytest.raises(DataError, match=r"docs \d+\.\.600 tokens.*cannot change within a stage"):
+        plain.load_state_dict(loader.state_dict())
