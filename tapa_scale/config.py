@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data.config import DataConfig
+from .data.config import DataConfig, validate_data
 from .model.config import ModelConfig, validate_model
 from .parallel.config import ParallelConfig, validate_parallel
 from .train.config import RunConfig, TrainConfig, validate_train
@@ -96,11 +96,14 @@ def validate(cfg: Config, *, world_size: int = 1, check_paths: bool = True) -> l
         errs.append(f"data.seq_len={d.seq_len}: must be > 0")
     if d.num_workers < 0:
         errs.append(f"data.num_workers={d.num_workers}: must be >= 0")
+    errs += validate_data(d)
     if check_paths:
-        for key in ("path", "tokenizer"):
-            value = getattr(d, key)
-            if value and not Path(value).is_dir():
-                errs.append(f"data.{key}={value!r}: directory not found")
+        from .data.remote import is_remote
+        locations = [("data.path", d.path)] + [(f"data.sources[{i}].path", s.path)
+                                               for i, s in enumerate(d.sources)]
+        for key, value in locations + [("data.tokenizer", d.tokenizer)]:
+            if value and not (key != "data.tokenizer" and is_remote(value)) and not Path(value).is_dir():
+                errs.append(f"{key}={value!r}: directory not found")
         if cfg.train.init_from and not Path(cfg.train.init_from).exists():
             errs.append(f"train.init_from={cfg.train.init_from!r}: no such checkpoint or run directory")
     if not errs:

@@ -31,6 +31,7 @@ from .tokenizer import EOS, resolve_tokenizer, tokenizer_sha256
 FORMAT = "tapa_scale.mds.v1"
 SPLIT_NAMES = ("train", "val")
 DEFAULT_CHUNK_TOKENS = 1 << 20
+DEFAULT_SHARD_BYTES = 1 << 26  # MDS shard size limit: the unit a remote source is fetched in
 _BATCH_CHARS = 1 << 20  # characters per encoding task: large enough to amortise IPC
 
 _worker_tok = None  # the tokenizer of an encoding worker process
@@ -78,12 +79,12 @@ def _encoded(docs: Iterable[str], tokenizer_file: Path, workers: int) -> Iterato
 class _SplitWriter:
     """Writes one split: MDS samples, the (doc, length) table and unigram counts."""
 
-    def __init__(self, out: Path, dtype: str, vocab: int, max_chunk: int):
+    def __init__(self, out: Path, dtype: str, vocab: int, max_chunk: int, shard_bytes: int):
         from streaming import MDSWriter
 
         self.dir, self.max_chunk = out, max_chunk
         self.writer = MDSWriter(out=str(out), columns={"tokens": f"ndarray:{dtype}"},
-                                compression=None, hashes=["sha1"], size_limit=1 << 26)
+                                compression=None, hashes=["sha1"], size_limit=shard_bytes)
         self.rows: list[tuple[int, int]] = []
         self.counts = np.zeros(vocab, dtype=np.int64)
         self.documents = 0
@@ -111,10 +112,13 @@ class _SplitWriter:
 
 
 def _request(inputs: dict[str, list[Path]], tok_file: Path, field: str, val_fraction: float,
-             max_chunk: int) -> dict:
-    return {"format": FORMAT, "tokenizer_sha256": tokenizer_sha256(tok_file), "field": field,
-            "val_fraction": val_fraction, "max_chunk_tokens": max_chunk,
-            "inputs": {s: [describe(p) for p in inputs[s]] for s in inputs}}
+             max_chunk: int, shard_bytes: int) -> dict:
+    request = {"format": FORMAT, "tokenizer_sha256": tokenizer_sha256(tok_file), "field": field,
+               "val_fraction": val_fraction, "max_chunk_tokens": max_chunk,
+               "inputs": {s: [describe(p) for p in inputs[s]] for s in inputs}}
+    if shard_bytes != DEFAULT_SHARD_BYTES:  # recorded only when set: earlier datasets keep their
+        request["shard_bytes"] = shard_bytes  # request, hence their fingerprint
+    return request
 
 
 def _up_to_date(out: Path, request: dict, tok_file: Path) -> dict | None:
@@ -150,7 +154,7 @@ def _progress(enabled: bool):
 def prepare_dataset(train: list[str | Path], out: str | Path, *, val: list[str | Path] = (),
                     tokenizer: str | Path = "", field: str = "text", workers: int = 1,
                     val_fraction: float = 0.01, max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                    progress: bool = True) -> dict:
+                    shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> dict:
     """Tokenize ``train`` (and ``val``) inputs into ``out``; returns the manifest.
 
     Without ``val`` inputs, training documents 1, n+1, 2n+1, ... (n = round(1/val_fraction))
@@ -159,7 +163,8 @@ def prepare_dataset(train: list[str | Path], out: str | Path, *, val: list[str |
     out = Path(out)
     tok_file = resolve_tokenizer(tokenizer)
     inputs = {"train": expand_inputs(list(train)), "val": expand_inputs(list(val))}
-    request = _request(inputs, tok_file, field, val_fraction if not val else 0.0, max_chunk_tokens)
+    request = _request(inputs, tok_file, field, val_fraction if not val else 0.0, max_chunk_tokens,
+                       shard_bytes)
     existing = _up_to_date(out, request, tok_file)
     if existing is not None:
         return existing
@@ -191,7 +196,8 @@ def _write_splits(inputs, tmp: Path, tok_file: Path, field: str, workers: int, r
     if eos is None:
         raise DataError(f"{tok_file}: tokenizer has no {EOS} token; expected it as end-of-document")
     dtype = "uint16" if vocab < 65536 else "uint32"
-    writers = {s: _SplitWriter(tmp / s, dtype, vocab, request["max_chunk_tokens"])
+    shard_bytes = request.get("shard_bytes", DEFAULT_SHARD_BYTES)
+    writers = {s: _SplitWriter(tmp / s, dtype, vocab, request["max_chunk_tokens"], shard_bytes)
                for s in SPLIT_NAMES}
     every = round(1 / request["val_fraction"]) if request["val_fraction"] > 0 else 0
     total = sum(f["bytes"] for s in SPLIT_NAMES for f in request["inputs"][s])

@@ -38,11 +38,15 @@ def _sha(path: Path, algo: str) -> str:
     return digest.hexdigest()
 
 
-def _check_shards(split_dir: Path, verify_checksums: bool) -> int:
-    """Every shard in index.json exists with the listed size (and hash); returns sample count."""
+def _check_shards(split_dir: Path, verify_checksums: bool, local: bool = True) -> int:
+    """Every shard in index.json exists with the listed size (and hash); returns sample count.
+    ``local=False`` (a remote source's cache) only counts: its shards are checked when fetched."""
     index = _load_json(split_dir / "index.json", "MDS index")
     total = 0
     for shard in index.get("shards", []):
+        if not local:
+            total += int(shard["samples"])
+            continue
         raw = shard["raw_data"]
         path = split_dir / raw["basename"]
         if not path.is_file():
@@ -73,8 +77,10 @@ def _check_samples(split_dir: Path, info: dict, n_samples: int) -> None:
 
 
 def validate_dataset(path: str | Path, tokenizer_file: str | Path,
-                     verify_checksums: bool = True) -> dict:
-    """Return the manifest of the prepared dataset at ``path`` after checking it; or DataError."""
+                     verify_checksums: bool = True, shards: bool = True) -> dict:
+    """Return the manifest of the prepared dataset at ``path`` after checking it; or DataError.
+    ``shards=False`` checks the metadata only (a remote source's mirror, whose shards are
+    fetched and verified on use)."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: dataset directory does not exist; expected a directory made by "
@@ -93,6 +99,6 @@ def validate_dataset(path: str | Path, tokenizer_file: str | Path,
         split_dir = root / split
         if not split_dir.is_dir():
             raise DataError(f"{split_dir}: missing split directory; expected train/ and val/")
-        n = _check_shards(split_dir, verify_checksums)
+        n = _check_shards(split_dir, verify_checksums, local=shards)
         _check_samples(split_dir, manifest["splits"][split], n)
     return manifest

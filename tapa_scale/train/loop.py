@@ -92,6 +92,8 @@ def _train(cfg: Config, run) -> dict:
                           "tokens_per_s": tokens_per_step * steps_timed / step_seconds,
                           "skipped_steps": state["skipped_steps"],
                           "attention_impl": last_attention_impl()}  # what ran, after any fallback
+                if len(run.train_loader.sources) > 1:  # a mixture: tokens taken from each source
+                    record["source_tokens"] = run.train_loader.source_tokens()
                 if last or (t.eval_every and step % t.eval_every == 0):
                     record["val_loss"] = evaluate(run, t.eval_batches)
                 logger.log(record)

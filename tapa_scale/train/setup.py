@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError
-from ..data import build_loader, ensure_dataset, load_tokenizer
+from ..data import build_loader, ensure_sources, load_tokenizer
 from ..parallel import Groups, validate_parallel
 from ..parallel.parallelize import build_chunks, parallelize, trainable_params, unwrap
 from .optim import build_optimizer
@@ -57,13 +57,14 @@ def build_data(cfg: Config, groups: Groups):
 
     Samples are split over data-parallel ranks only: the tensor, pipeline and context parallel ranks of
     one replica read the same samples (context parallel ranks then take their shard of each sequence)."""
-    ensure_dataset(cfg.data)
+    sources = ensure_sources(cfg.data)  # validated once; remote metadata fetched once
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     mbs = cfg.train.micro_batch_size
-    train = build_loader(cfg.data, "train", mbs, dp_rank=groups.dp_rank, dp_size=groups.dp_size, seed=cfg.train.seed)
+    train = build_loader(cfg.data, "train", mbs, dp_rank=groups.dp_rank, dp_size=groups.dp_size, seed=cfg.train.seed,
+                         sources=sources)
     def val():
         return iter(build_loader(cfg.data, "val", mbs, dp_rank=groups.dp_rank, dp_size=groups.dp_size,
-                                 seed=cfg.train.seed))
+                                 seed=cfg.train.seed, sources=sources))
     return train, val, tokenizer
 
 
