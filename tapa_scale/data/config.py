@@ -36,6 +36,10 @@ class DataConfig:
     num_workers: int = 0  # loader worker processes (0 = read in the training process)
     shuffle: bool = True  # shuffle training documents each epoch (val is never shuffled)
     verify_checksums: bool = True  # hash every shard against index.json (sizes are always checked)
+    # Give every micro-batch of an optimizer step about the same attention cost (sum of squared
+    # document lengths) by choosing which rank and micro-batch reads each of the step's samples;
+    # the step's samples, and so its gradient and exact resume, are unchanged.
+    balance_attention: bool = False
     prepare_workers: int = 1  # encoding processes when the embedded corpus is prepared
     # Remote sources: batches whose shards are fetched ahead of use, per loader process.
     prefetch: int = 2

@@ -107,11 +107,13 @@ def ensure_dataset(cfg: DataConfig) -> Path:
 
 
 def build_loader(cfg: DataConfig, split: str, micro_batch_size: int, *, dp_rank: int = 0,
-                 dp_size: int = 1, seed: int = 0, sources: list[Source] | None = None) -> PackedLoader:
+                 dp_size: int = 1, seed: int = 0, sources: list[Source] | None = None,
+                 step_samples: int = 0) -> PackedLoader:
     """A :class:`PackedLoader` over ``split`` ("train" or "val") of every source, for
     data-parallel rank ``dp_rank`` of ``dp_size``; see ``loader.py`` for the sharding, mixing and
     resume rules. ``sources`` from :func:`ensure_sources` skips resolving them again (no second
-    validation or manifest fetch, e.g. for every evaluation)."""
+    validation or manifest fetch, e.g. for every evaluation). ``step_samples``: global samples per
+    optimizer step, which ``cfg.balance_attention`` balances over micro-batches and ranks."""
     if split not in ("train", "val"):
         raise DataError(f"split {split!r} is not prepared; expected 'train' or 'val'")
     sources = sources if sources is not None else ensure_sources(cfg)
@@ -120,4 +122,5 @@ def build_loader(cfg: DataConfig, split: str, micro_batch_size: int, *, dp_rank:
                         num_workers=cfg.num_workers, fetch=fetch_settings(cfg),
                         verify_checksums=cfg.verify_checksums,
                         cache_limit_bytes=int(cfg.cache_limit_mb * (1 << 20)),
-                        prefetch=cfg.prefetch)
+                        prefetch=cfg.prefetch,
+                        balance_step=step_samples if cfg.balance_attention else 0)

@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .balance import StepBalancer
 from .errors import DataError
 from .mixture import BLOCK, Concat, Mixture
 from .packing import PackedIndex, sample_fields
@@ -39,6 +40,11 @@ class MixedIndex:
     def window(self, g: int) -> np.ndarray:
         s, j = self.plan.locate(g)
         return self.parts[s].window(j)
+
+    def cost(self, g: int) -> int:
+        """Attention cost of global sample ``g`` (sum of squared document lengths), from metadata."""
+        s, j = self.plan.locate(g)
+        return self.parts[s].attention_cost(j)
 
     def shards(self, g: int) -> list[tuple[int, int]]:
         """``(source, shard)`` pairs sample ``g`` reads."""
@@ -94,7 +100,7 @@ class _Batches(torch.utils.data.IterableDataset):
         while self.n_batches is None or b < self.n_batches:
             if index.remote:  # this batch's shards and those of the next `prefetch` batches
                 ahead = [b + k * n_workers for k in range(loader.prefetch + 1)]
-                index.plan_ahead([loader.batch_samples(self.start + a * loader.global_batch)
+                index.plan_ahead([loader.batch_samples(self.start + a * loader.global_batch, index)
                                   for a in ahead if self.n_batches is None or a < self.n_batches])
             yield loader._make_batch(index, self.start + b * loader.global_batch)
             b += n_workers
@@ -108,7 +114,7 @@ class PackedLoader:
     def __init__(self, sources: list, split: str, seq_len: int, micro_batch_size: int, *,
                  dp_rank: int, dp_size: int, seed: int, shuffle: bool, num_workers: int,
                  fetch: Fetch | None = None, verify_checksums: bool = True,
-                 cache_limit_bytes: int = 0, prefetch: int = 2):
+                 cache_limit_bytes: int = 0, prefetch: int = 2, balance_step: int = 0):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0 <= dp_rank < dp_size or micro_batch_size < 1:
@@ -128,6 +134,11 @@ class PackedLoader:
         self.samples = [np.load(src.root / split / "samples.npy", allow_pickle=False)
                         for src in sources]
         self._cursor = 0
+        # Training only: each optimizer step's `balance_step` samples balanced by attention cost
+        # over its micro-batches and ranks (balance.py); 0 = plain sharding.
+        self.balance_step = balance_step if split == "train" else 0
+        self.balancer = (StepBalancer(balance_step, micro_batch_size, dp_size)
+                         if self.balance_step else None)
         probe = self._index(read=False)
         per_source = [part.samples_per_epoch for part in probe.parts]
         self.samples_per_epoch = sum(per_source)
@@ -182,12 +193,15 @@ class PackedLoader:
             stores.append(store)
         return MixedIndex(parts, stores, getattr(self, "plan", None))
 
-    def batch_samples(self, cursor: int) -> list[int]:
-        """The global samples of this rank's batch starting at global cursor ``cursor``."""
+    def batch_samples(self, cursor: int, index: MixedIndex | None = None) -> list[int]:
+        """The global samples of this rank's batch starting at global cursor ``cursor`` (balanced:
+        its bin of the step's samples, which needs the ``index`` for their costs)."""
+        if self.balancer is not None:
+            return self.balancer.samples((index or self._index(read=False)).cost, cursor, self.dp_rank)
         return [cursor + self.dp_rank + j * self.dp_size for j in range(self.micro_batch_size)]
 
     def _make_batch(self, index: MixedIndex, cursor: int) -> dict[str, np.ndarray]:
-        rows = [sample_fields(index.window(g), self.eos_id) for g in self.batch_samples(cursor)]
+        rows = [sample_fields(index.window(g), self.eos_id) for g in self.batch_samples(cursor, index)]
         return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -258,4 +272,8 @@ class PackedLoader:
             if state.get(key) != mine[key]:
                 raise DataError(f"loader state has {key}={state.get(key)!r}, expected "
                                 f"{mine[key]!r}: it was saved for another dataset or settings")
+        if self.balance_step and int(state["samples_seen"]) % self.balance_step:
+            raise DataError(f"loader state is at global sample {state['samples_seen']}, not a multiple of "
+                            f"the {self.balance_step} samples of a step that data.balance_attention "
+                            "balances; resume with the train.global_batch_size it was saved with")
         self._cursor = int(state["samples_seen"])

@@ -89,6 +89,13 @@ class PackedIndex:
         parts = [self._doc_tokens(doc, lo, hi) for doc, lo, hi in self._pieces(g)]
         return np.concatenate(parts).astype(np.int64)
 
+    def attention_cost(self, g: int) -> int:
+        """Sum of squared document lengths among the ``L`` inputs of sample ``g`` (what attention
+        with document masking costs), from the layout alone: no token is read."""
+        lengths = [hi - lo for _, lo, hi in self._pieces(g)]
+        lengths[-1] -= 1  # the window's last token is a label only
+        return sum(n * n for n in lengths)
+
     def chunks(self, g: int) -> list[int]:
         """The MDS samples (chunks) that :meth:`window` reads for ``g``, without reading them:
         what a prefetcher needs to know to fetch their shards ahead of use."""

@@ -52,7 +52,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
-def build_data(cfg: Config, groups: Groups):
+def build_data(cfg: Config, groups: Groups, global_batch: int):
     """Prepare/validate the dataset (before any model is built) and return (train, val factory, tokenizer).
 
     Samples are split over data-parallel ranks only: the tensor, pipeline and context parallel ranks of
@@ -61,7 +61,7 @@ def build_data(cfg: Config, groups: Groups):
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     mbs = cfg.train.micro_batch_size
     train = build_loader(cfg.data, "train", mbs, dp_rank=groups.dp_rank, dp_size=groups.dp_size, seed=cfg.train.seed,
-                         sources=sources)
+                         sources=sources, step_samples=global_batch)
     def val():
         return iter(build_loader(cfg.data, "val", mbs, dp_rank=groups.dp_rank, dp_size=groups.dp_size,
                                  seed=cfg.train.seed, sources=sources))
@@ -99,7 +99,7 @@ def build_run(cfg: Config, groups: Groups) -> Run:
     accumulation = global_batch // (t.micro_batch_size * groups.dp_size)
     check_layout(cfg, groups, accumulation)
     resolve_original_length(cfg, groups.is_main)  # before the model is built and config.yaml is written
-    train_loader, val_loader, tokenizer = build_data(cfg, groups)
+    train_loader, val_loader, tokenizer = build_data(cfg, groups, global_batch)
     vocab = cfg.model.vocab_size or len(tokenizer)
     if vocab % groups.tp:  # megatron splits the embedding and output rows evenly over tensor-parallel ranks
         raise ConfigError(f"vocabulary size {vocab} (model.vocab_size, 0 = the tokenizer's) must be divisible "
