@@ -13,7 +13,7 @@ from tapa_scale.data.remote import Fetch, upload_dataset
 
 from tests.checkpoint.harness import (LAYOUTS, REPO, RUN, assert_same_losses, checkpoint_steps, kill_after,
                                       logged_steps, printed_steps, start, train)
-from tests.data.s3 import environment, moto_server, s3_env
+from tapa_scale.data.local_s3 import environment, moto_server, s3_env
 
 
 def test_killed_run_from_s3_resumes_bit_identically(tmp_path, uninterrupted):

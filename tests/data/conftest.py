@@ -46,7 +46,7 @@ def s3():
     environment pointing at it, and a boto3 client for the tests' own uploads and damage."""
     import boto3
 
-    from tests.data.s3 import environment, moto_server, s3_env
+    from tapa_scale.data.local_s3 import environment, moto_server, s3_env
 
     with moto_server() as url, environment(s3_env(url)):
         client = boto3.client("s3", endpoint_url=url)

@@ -15,7 +15,7 @@ from tapa_scale.config import ConfigError, load_config
 from tapa_scale.data import DataConfig, DataError, build_loader
 from tapa_scale.data.remote import Fetch, upload_dataset
 
-from tests.data.s3 import environment, free_port
+from tapa_scale.data.local_s3 import environment, free_port
 
 REPO = Path(__file__).resolve().parents[2]  # tools/prepare_data.py is run from here
 FAST = dict(download_attempts=2, download_backoff=0.01, download_timeout=10)
