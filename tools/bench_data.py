@@ -31,6 +31,8 @@ from tapa_scale.data import DataConfig, build_loader  # noqa: E402
 from tapa_scale.data.config import SourceConfig  # noqa: E402
 from tapa_scale.data.corpus import corpus_file, read_jsonl_gz  # noqa: E402
 from tapa_scale.data.prepare import prepare_dataset  # noqa: E402
+from tapa_scale.model.config import ModelConfig  # noqa: E402
+from tapa_scale.scaling import model_flops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE = 989e12  # FLOP/s, H100 SXM dense bf16 (NVIDIA datasheet)
@@ -52,16 +54,12 @@ def text_megabytes(paths: list[str]) -> float:
 
 
 def training_need(model: str, seq_len: int, vocab: int) -> dict:
-    """Tokens/s one H100 consumes training ``configs/model/<model>.yaml`` at PUBLISHED_MFU, with
-    FLOPs per token in the convention of the MFU figure (llm-foundry's): 6 x all parameters plus
-    12 x layers x hidden x seq_len for attention counted non-causal."""
-    m = yaml.safe_load((ROOT / "configs" / "model" / f"{model}.yaml").read_text())["model"]
-    d, layers, ffn = m["hidden_size"], m["num_layers"], m["ffn_hidden_size"]
-    kv = d // m["num_heads"] * m.get("num_kv_heads", m["num_heads"])
-    per_layer = 2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * d  # q, o; k, v; SwiGLU; two norms
-    params = layers * per_layer + vocab * d * (1 if m.get("tie_embeddings", True) else 2) + d
-    flops = 6 * params + 12 * layers * d * seq_len
-    return {"model": model, "params": params, "seq_len": seq_len, "flops_per_token": flops,
+    """Tokens/s one H100 consumes training ``configs/model/<model>.yaml`` at PUBLISHED_MFU. The FLOPs
+    per token are counted non-causal (scaling/flops.py), the convention of the published figure:
+    llm-foundry's 6 x parameters + 12 x layers x hidden x length, the same up to the norm weights."""
+    m = ModelConfig(**yaml.safe_load((ROOT / "configs" / "model" / f"{model}.yaml").read_text())["model"])
+    flops = model_flops(m, seq_len, vocab, causal=False).train
+    return {"model": model, "seq_len": seq_len, "vocab": vocab, "flops_per_token": flops,
             "mfu": PUBLISHED_MFU, "tokens_per_s": round(PUBLISHED_MFU * H100_BF16_DENSE / flops)}
 
 

@@ -43,6 +43,8 @@ class TrainConfig:
     save_on_signal: bool = True     # SIGTERM / SIGUSR1: checkpoint after the current step, then exit 0
     on_nonfinite: str = "skip"      # non-finite loss or grad norm: skip (optimizer untouched) | stop | rollback
     max_bad_steps: int = 5          # this many consecutive non-finite steps stop the run
+    gc_every: int = 100             # Python garbage collection every N steps on all ranks; 0 = automatic
+    peak_tflops: float = 0.0        # device peak for MFU; 0 = datasheet table (GPU) or measured (CPU)
     watchdog_s: float = 0.0         # report (rank, step, all Python stacks) when a step takes longer; 0 = off
     # Fault injection for the tests (docs/checkpoints.md); 0 / "" = off. Never set in real runs.
     fault_nan_at: int = 0           # poison the activations (loss and gradients become NaN) at this step
@@ -59,7 +61,7 @@ def validate_train(t: TrainConfig) -> list[str]:
         if getattr(t, key) <= 0:
             errs.append(f"train.{key}={getattr(t, key)}: must be > 0")
     for key in ("global_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "threads",
-                "weight_decay", "grad_clip"):
+                "weight_decay", "grad_clip", "gc_every", "peak_tflops"):
         if getattr(t, key) < 0:
             errs.append(f"train.{key}={getattr(t, key)}: must be >= 0")
     if not t.lr > 0:

@@ -8,7 +8,7 @@ the batch iterator, and restore the RNG states as the very last thing before the
 """
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
 
 from ..config import Config, ConfigError, to_yaml
@@ -17,6 +17,7 @@ from ..parallel import destroy_groups, init_groups
 from ..parallel.reshard import load_full_state_dict
 from . import checkpoint as ckpt
 from . import faults, resume
+from .accounting import Accounting, ManualGC, StepClock
 from .saver import Saver, chunks_of
 from .metrics import MetricsLogger
 from .optim import lr_at, set_lr
@@ -68,8 +69,11 @@ def _train(cfg: Config, run) -> dict:
     faults.poison_at(chunks_of(run),
                      lambda: t.fault_nan_at and current["step"] == t.fault_nan_at)
     batches, record, bad = iter(run.train_loader), {}, 0
-    step_seconds, steps_timed = 0.0, 0  # training time since the last log (no eval or checkpoint time)
-    tokens_per_step = run.global_batch * cfg.data.seq_len
+    clock, accounting, collector = StepClock(), Accounting(run), ManualGC(t.gc_every)
+    clock.time_calls(run.chunks[0].config, "finalize_model_grads_func", "grad_sync")
+    if run.groups.is_main:
+        (Path(cfg.run.dir) / "accounting.json").write_text(json.dumps(accounting.describe(), indent=1) + "\n")
+    steps_timed = 0  # steps since the last record
     if chosen is not None and same_layout:
         resume.restore_rng(chosen, run.groups.rank)  # the very last step of start-up
     watchdog.beat(state["step"])
@@ -78,29 +82,31 @@ def _train(cfg: Config, run) -> dict:
         for step in range(state["step"] + 1, t.steps + 1):
             current["step"] = step
             set_lr(run.optimizer, lr := lr_at(step - 1, t))
-            start = time.perf_counter()
             if t.fault_stall_at == step:
                 faults.stall(t.fault_stall_s)
-            loss, grad_norm = train_step(run, batches)
-            step_seconds, steps_timed = step_seconds + time.perf_counter() - start, steps_timed + 1
-            state.update(step=step, tokens=state["tokens"] + tokens_per_step)
-            saver.poll()
+            loss, grad_norm = train_step(run, batches, clock)
+            steps_timed += 1
+            state.update(step=step, tokens=state["tokens"] + accounting.tokens_per_step)
+            with clock.phase("checkpoint"):
+                saver.poll()
             bad = _handle_nonfinite(run, cfg, guard, bad, state, step, saver)
             last = step == t.steps
             if step % t.log_every == 0 or last or guard.skipped_last or (t.eval_every and step % t.eval_every == 0):
                 record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
-                          "tokens_per_s": tokens_per_step * steps_timed / step_seconds,
-                          "skipped_steps": state["skipped_steps"],
+                          **accounting.record(clock, steps_timed), "skipped_steps": state["skipped_steps"],
                           "attention_impl": last_attention_impl()}  # what ran, after any fallback
                 if len(run.train_loader.sources) > 1:  # a mixture: tokens taken from each source
                     record["source_tokens"] = run.train_loader.source_tokens()
                 if last or (t.eval_every and step % t.eval_every == 0):
                     record["val_loss"] = evaluate(run, t.eval_batches)
                 logger.log(record)
-                step_seconds, steps_timed = 0.0, 0
+                clock.reset()  # validation and logging above are not step time
+                steps_timed = 0
             stop = preempt.requested()
             if stop or (last and t.final_checkpoint) or (t.checkpoint_every and step % t.checkpoint_every == 0):
-                saver.save(state)
+                with clock.phase("checkpoint"):
+                    saver.save(state)
+            collector.step(step)
             watchdog.beat(step)
             if t.fault_crash_at == step:
                 faults.crash(step, run.groups.rank)
@@ -116,6 +122,7 @@ def _train(cfg: Config, run) -> dict:
         raise
     finally:
         saver.close(abort=not finished)
+        collector.close()
         watchdog.close()
         preempt.close()
         logger.close()

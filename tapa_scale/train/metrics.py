@@ -1,5 +1,5 @@
 """What a run reports: metrics.jsonl (one JSON object per logged step), TensorBoard scalars, and a
-progress line with loss and tokens/s on the console (a rich progress bar on a terminal)."""
+progress line with loss, tokens/s and MFU on the console (a rich progress bar on a terminal)."""
 from __future__ import annotations
 
 import json
@@ -42,6 +42,8 @@ class MetricsLogger:
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
         status = f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s"
+        if "mfu" in record:
+            status += f"  MFU {100 * record['mfu']:.1f}%"
         if "val_loss" in record:
             status += f"  val {record['val_loss']:.4f}"
         if self.progress is not None:

@@ -33,6 +33,7 @@ class Run:
     global_batch: int         # sequences per optimizer step over all ranks
     document_masking: bool
     tokenizer_dir: Path
+    vocab_size: int = 0       # the model's vocabulary (model FLOPs)
 
     def autocast(self):
         if self.dtype == torch.bfloat16:
@@ -112,4 +113,4 @@ def build_run(cfg: Config, groups: Groups) -> Run:
     return Run(cfg=cfg, groups=groups, device=groups.device, dtype=dtype, model=unwrap(model), chunks=wrapped,
                optimizer=build_optimizer_for(cfg, wrapped), train_loader=train_loader, val_loader=val_loader,
                accumulation=accumulation, global_batch=global_batch, document_masking=t.document_masking,
-               tokenizer_dir=Path(tokenizer.name_or_path))
+               tokenizer_dir=Path(tokenizer.name_or_path), vocab_size=vocab)

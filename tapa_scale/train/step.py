@@ -8,6 +8,7 @@ averages gradients over the data x context parallel ranks; the value reported is
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from functools import partial
 
@@ -51,16 +52,24 @@ def _forward_step(run, means: list):
     return forward_step
 
 
-def _run_schedule(run, microbatches: list, forward_only: bool) -> float:
-    """Forward (and backward) over the micro-batches; returns the mean loss over every rank's tokens."""
+def _untimed(part: str):
+    return contextlib.nullcontext()
+
+
+def _run_schedule(run, microbatches: list, forward_only: bool, phase=None) -> float:
+    """Forward (and backward) over the micro-batches; returns the mean loss over every rank's tokens.
+    ``phase(part)``: a context timing a part of the step (accounting.StepClock.phase)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    phase = phase or _untimed
     means: list = []
-    get_forward_backward_func()(
-        forward_step_func=_forward_step(run, means), data_iterator=[iter(microbatches) for _ in run.chunks],
-        model=run.chunks, num_microbatches=len(microbatches), seq_length=run.cfg.data.seq_len,
-        micro_batch_size=run.cfg.train.micro_batch_size, forward_only=forward_only)
-    return _global_mean(run, means)
+    with phase("forward_backward"):
+        get_forward_backward_func()(
+            forward_step_func=_forward_step(run, means), data_iterator=[iter(microbatches) for _ in run.chunks],
+            model=run.chunks, num_microbatches=len(microbatches), seq_length=run.cfg.data.seq_len,
+            micro_batch_size=run.cfg.train.micro_batch_size, forward_only=forward_only)
+    with phase("grad_sync"):
+        return _global_mean(run, means)
 
 
 def _global_mean(run, means: list) -> float:
@@ -74,22 +83,32 @@ def _global_mean(run, means: list) -> float:
     return (total[0] / total[1]).item()
 
 
-def train_step(run, batches) -> tuple[float, float]:
-    """One optimizer step over `run.accumulation` micro-batches; returns (loss, grad norm)."""
-    for chunk in run.chunks:
-        chunk.zero_grad_buffer()
-    run.optimizer.zero_grad(set_to_none=True)
-    microbatches = [prepare_batch(run, next(batches)) for _ in range(run.accumulation)]
-    loss = _run_schedule(run, microbatches, forward_only=False)
+def train_step(run, batches, clock=None) -> tuple[float, float]:
+    """One optimizer step over `run.accumulation` micro-batches; returns (loss, grad norm).
+    ``clock``: an accounting.StepClock that times the step's parts."""
+    phase = clock.phase if clock is not None else _untimed
+    with phase("data"):
+        microbatches = [prepare_batch(run, next(batches)) for _ in range(run.accumulation)]
+    with phase("optimizer"):
+        for chunk in run.chunks:
+            chunk.zero_grad_buffer()
+        run.optimizer.zero_grad(set_to_none=True)
+    loss = _run_schedule(run, microbatches, forward_only=False, phase=phase)
+    with phase("optimizer"):
+        return loss, _update(run)
+
+
+def _update(run) -> float:
+    """Clip and apply the reduced gradients; returns the global gradient norm (NaN: step skipped)."""
     if run.cfg.parallel.distributed_optimizer:
         # megatron's optimizer takes this rank's shard of the reduced gradients (main_grad), clips them
         # by the global norm over every shard and model-parallel rank, steps and all-gathers the weights
         updated, norm, _ = run.optimizer.step()
         if not updated:  # skipped (faults.NonFiniteGuard): a gradient was not finite
-            return loss, float("nan")
+            return float("nan")
         if not run.cfg.train.grad_clip:  # megatron computes the norm only to clip; the step left the grads
             norm = run.optimizer.get_grad_norm()
-        return loss, float(norm)
+        return float(norm)
     params = trainable_params(run.chunks)
     for p in params:  # DDP accumulated and reduced the gradients into main_grad
         p.grad = p.main_grad
@@ -98,7 +117,7 @@ def train_step(run, batches) -> tuple[float, float]:
     run.optimizer.step()
     for p in params:  # the next backward must accumulate into main_grad through DDP's hooks, not here
         p.grad = None
-    return loss, norm.item()
+    return norm.item()
 
 
 @torch.no_grad()
