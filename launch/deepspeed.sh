@@ -13,7 +13,9 @@
 #   INCLUDE       deepspeed --include filter, e.g. "worker-0:0,1@worker-1"
 #   MASTER_ADDR   rendezvous host (default: deepspeed picks the first host)   MASTER_PORT (default 29500)
 #   DEEPSPEED_ARGS  extra launcher flags, e.g. "--launcher slurm"
-#   TAPA_DRY_RUN=1  print the command instead of running it
+#   PREFLIGHT=0     skip the preflight that runs first on every rank with the same arguments
+#   PREFLIGHT_ARGS  extra preflight flags (see launch/torchrun.sh)
+#   TAPA_DRY_RUN=1  print the command(s) instead of running them
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -26,14 +28,23 @@ cmd=(deepspeed)
 cmd+=(--master_port "${MASTER_PORT:-29500}")
 # --no_local_rank: our CLI takes no --local_rank argument; LOCAL_RANK is in the environment instead
 # shellcheck disable=SC2206  # DEEPSPEED_ARGS is a list of flags on purpose
-cmd+=(${DEEPSPEED_ARGS:-} --no_local_rank --module tapa_scale.train "$@")
+cmd+=(${DEEPSPEED_ARGS:-} --no_local_rank)
+pre=()
+if [ "${PREFLIGHT:-1}" != 0 ]; then
+  # shellcheck disable=SC2206  # PREFLIGHT_ARGS is a list of flags on purpose
+  pre=("${cmd[@]}" --module tapa_scale.preflight ${PREFLIGHT_ARGS:-} "$@")
+fi
+cmd+=(--module tapa_scale.train "$@")
 
 if [ -n "${TAPA_DRY_RUN:-}" ]; then
-  echo "${cmd[*]}"
+  if [ ${#pre[@]} -gt 0 ]; then echo "${pre[*]} && ${cmd[*]}"; else echo "${cmd[*]}"; fi
   exit 0
 fi
 source "$root/launch/setup_env.sh"
 cd "$root"
 # see torchrun.sh; on other nodes deepspeed forwards only the variables listed in ~/.deepspeed_env
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"
+if [ ${#pre[@]} -gt 0 ]; then
+  "${pre[@]}" || { echo "preflight failed (exit $?): not training; PREFLIGHT=0 skips it" >&2; exit 2; }
+fi
 exec "${cmd[@]}"

@@ -3,6 +3,10 @@
 # Sourced by launch/quickstart.sh and tests/run.sh; does nothing slow when .venv is already complete.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -n "${TAPA_SYSTEM_PYTHON:-}" ]; then  # an image that installed everything already (docker/Dockerfile)
+  export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+  return 0 2>/dev/null || exit 0
+fi
 venv="$root/.venv"
 stamp="$venv/.tapa_scale_installed"
 py="$venv/bin/python"

@@ -13,7 +13,10 @@
 #   RDZV_BACKEND    c10d (default: nodes may start in any order, node ranks are assigned at rendezvous)
 #                   or static (then NODE_RANK=0..NNODES-1 must be set on each node)
 #   TORCHRUN_ARGS   extra torchrun flags, e.g. "--max-restarts 3"
-#   TAPA_DRY_RUN=1  print the command instead of running it
+#   PREFLIGHT=0     skip the preflight that runs first on every rank with the same arguments
+#                   (versions, GPUs, disk, data, collective bandwidth; docs/operations.md)
+#   PREFLIGHT_ARGS  extra preflight flags, e.g. "--expect-busbw 300 --json preflight.json"
+#   TAPA_DRY_RUN=1  print the command(s) instead of running them
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -22,26 +25,38 @@ nproc="${NPROC_PER_NODE:-$(gpus)}"
 nproc="${nproc:-0}"; [ "$nproc" -gt 0 ] || nproc=1
 nnodes="${NNODES:-1}"
 
-cmd=(python -m torch.distributed.run --nproc-per-node "$nproc")
-if [ "$nnodes" -gt 1 ]; then
-  : "${MASTER_ADDR:?multi-node runs need MASTER_ADDR (the rendezvous host, e.g. the first node)}"
-  port="${MASTER_PORT:-29500}"
-  if [ "${RDZV_BACKEND:-c10d}" = static ]; then
-    : "${NODE_RANK:?RDZV_BACKEND=static needs NODE_RANK (0 .. NNODES-1) on each node}"
-    cmd+=(--nnodes "$nnodes" --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" --master-port "$port")
+# torchrun's flags for a rendezvous named $1 (preflight and training meet at separate ones)
+launcher() {
+  local id="$1" port
+  out=(python -m torch.distributed.run --nproc-per-node "$nproc")
+  if [ "$nnodes" -gt 1 ]; then
+    : "${MASTER_ADDR:?multi-node runs need MASTER_ADDR (the rendezvous host, e.g. the first node)}"
+    port="${MASTER_PORT:-29500}"
+    if [ "${RDZV_BACKEND:-c10d}" = static ]; then
+      : "${NODE_RANK:?RDZV_BACKEND=static needs NODE_RANK (0 .. NNODES-1) on each node}"
+      out+=(--nnodes "$nnodes" --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" --master-port "$port")
+    else
+      out+=(--nnodes "$nnodes" --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$port" --rdzv-id "$id")
+    fi
+  elif [ -n "${MASTER_PORT:-}" ]; then
+    out+=(--master-addr "${MASTER_ADDR:-127.0.0.1}" --master-port "$MASTER_PORT")
   else
-    cmd+=(--nnodes "$nnodes" --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$port" --rdzv-id "${RDZV_ID:-tapa}")
+    out+=(--standalone)  # a local rendezvous on a free port
   fi
-elif [ -n "${MASTER_PORT:-}" ]; then
-  cmd+=(--master-addr "${MASTER_ADDR:-127.0.0.1}" --master-port "$MASTER_PORT")
-else
-  cmd+=(--standalone)  # a local rendezvous on a free port
-fi
+}
+launcher "${RDZV_ID:-tapa}"
+cmd=("${out[@]}")
 # shellcheck disable=SC2206  # TORCHRUN_ARGS is a list of flags on purpose
 cmd+=(${TORCHRUN_ARGS:-} -m tapa_scale.train "$@")
+pre=()
+if [ "${PREFLIGHT:-1}" != 0 ]; then
+  launcher "${RDZV_ID:-tapa}-preflight"
+  # shellcheck disable=SC2206  # PREFLIGHT_ARGS is a list of flags on purpose
+  pre=("${out[@]}" -m tapa_scale.preflight ${PREFLIGHT_ARGS:-} "$@")
+fi
 
 if [ -n "${TAPA_DRY_RUN:-}" ]; then
-  echo "${cmd[*]}"
+  if [ ${#pre[@]} -gt 0 ]; then echo "${pre[*]} && ${cmd[*]}"; else echo "${cmd[*]}"; fi
   exit 0
 fi
 source "$root/launch/setup_env.sh"
@@ -49,4 +64,7 @@ cd "$root"
 # megatron's tensor-parallel layers rely on one CUDA work queue to order their overlapped all-reduce
 # before the weight-gradient matmul (harmless on CPU)
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"
+if [ ${#pre[@]} -gt 0 ]; then
+  "${pre[@]}" || { echo "preflight failed (exit $?): not training; PREFLIGHT=0 skips it" >&2; exit 2; }
+fi
 exec "${cmd[@]}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks of the fused TAPA kernel, in one run of about 8 minutes on one H100/H200.
+# GPU checks of the fused TAPA kernel and end-to-end training, in one run of about 9.5 minutes on one H100/H200.
 # Needs only python with torch + triton (pytest optional). Writes JSON and logs into the results folder
 # it is given, in order of priority, each step capped so the whole run ends by the deadline:
 #   env.txt            GPU, driver, python/torch/triton versions
@@ -7,27 +7,40 @@
 #                      large phase angles through the fast path
 #   numerics.json      measured cos/sin abs error per angle range and pow ulps, each twin (docs/kernel.md)
 #   bench.json         TAPA-triton vs TAPA-reference vs RoPE+SDPA flash/cuDNN, N = 2k..128k, fwd and fwd+bwd
+#   train_8k.json      end-to-end training of the 125m model at 8192 tokens on one GPU, TAPA (fused kernel)
+#                      and RoPE (SDPA) side by side: tokens/s, MFU (causal and non-causal), peak memory and
+#                      the step-time breakdown; needs megatron-core (carried as wheels), skipped without it
 #   bench_cos.json     the same at 16k with the accurate (libdevice) cos/sin, to price the fast path
 #   sweep.json         tile configurations per kernel at 16k (best ones go into default_configs)
 #   eval_125m.json     the long-context evaluation of a 125m TAPA model (two training steps at 8k, then
 #                      ppl, passkey and loss by position at 8k/16k/32k in bf16 on the GPU): seconds per
 #                      task and peak memory; needs megatron-core and transformers (carried as wheels),
 #                      skipped without them
+#   train_32k.json     the same training comparison at 32768 tokens, if time is left
 #   tests_all.json     every test of tests/ops/test_tapa_triton.py compiled on the GPU, if time is left
 #   summary.txt        step timings, pass/fail counts and speed ratios
 #   <step>.log         each step's output; gpu_checks.tar.gz: the whole folder as one archive
 # The archive is rewritten after every step, so a run cut short still leaves everything it measured.
-# Usage: bash tools/gpu_checks.sh [RESULTS_DIR]   (default $OUT, else ./gpu_out; GPU_CHECKS_SECONDS=470
-# sets the deadline, SHARDS=4 the parallel test processes: Triton compiles one kernel at a time per
-# process, and compiling dominates the tests)
+# Usage: bash tools/gpu_checks.sh [--wheels DIR] [RESULTS_DIR]   (default $OUT, else ./gpu_out;
+# GPU_CHECKS_SECONDS=560 sets the deadline, SHARDS=4 the parallel test processes: Triton compiles one
+# kernel at a time per process, and compiling dominates the tests). --wheels DIR: packages the machine
+# lacks (megatron-core, mosaicml-streaming, transformers, ...), as wheels made by tools/gpu_wheels.sh,
+# installed into a private directory first (no index, no dependencies resolved, the image's torch kept).
 set -uo pipefail
+WHEELS=""
+if [ "${1:-}" = --wheels ]; then WHEELS="$2"; shift 2; fi
 RES="$(mkdir -p "${1:-${OUT:-./gpu_out}}" && cd "${1:-${OUT:-./gpu_out}}" && pwd)" || exit 2
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 SHARDS="${SHARDS:-4}"
 START=$(date +%s)
-DEADLINE=$((START + ${GPU_CHECKS_SECONDS:-470}))
+DEADLINE=$((START + ${GPU_CHECKS_SECONDS:-560}))
 export PYTHONUNBUFFERED=1
+if [ -n "$WHEELS" ]; then
+    SITE="$(mktemp -d)"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl &&
+        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" || echo "wheels from $WHEELS did not install" >&2
+fi
 
 note() { echo "[$(date +%T)] $*" | tee -a "$RES/summary.txt"; }
 
@@ -102,6 +115,7 @@ PYEOF
 sharded tests_gpu 150 30 --gpu-only
 step numerics 60 20 "$PY" -m tests.ops.test_tapa_triton --numerics "$RES/numerics.json"
 step bench 200 60 "$PY" tools/bench_attention.py --max-seconds 170 --json "$RES/bench.json"
+step train_8k 110 60 "$PY" tools/gpu_train_compare.py --seq-len 8192 --json "$RES/train_8k.json"
 step bench_cos 60 30 "$PY" tools/bench_attention.py --lengths 16384 --methods tapa_triton,tapa_triton_accurate_cos \
     --max-seconds 50 --json "$RES/bench_cos.json"
 step sweep 100 45 "$PY" tools/bench_attention.py --sweep --lengths 16384 --max-seconds 85 --json "$RES/sweep.json"
@@ -114,11 +128,13 @@ step eval_125m 120 60 bash -c '
     "$0" tools/eval_long_context.py --checkpoint "$run" --device cuda --dtype bf16 --tasks ppl,passkey,position \
         --lengths 8192,16384,32768 --depths 0.5 --trials 2 --max-tokens 200000 --position-windows 2 \
         --batch-size 1 --json "$1/eval_125m.json"' "$PY" "$RES"
+step train_32k 90 60 "$PY" tools/gpu_train_compare.py --seq-len 32768 --steps 4 --json "$RES/train_32k.json"
 sharded tests_all 200 45
 
 {
     echo "--- elapsed $(($(date +%s) - START))s"
     [ -f "$RES/bench.log" ] && grep -h 'tapa_triton /' "$RES/bench.log"
     [ -f "$RES/sweep.log" ] && grep -h '^best' "$RES/sweep.log"
+    for f in "$RES"/train_8k.log "$RES"/train_32k.log; do [ -f "$f" ] && grep -h '^train ' "$f"; done
 } | tee -a "$RES/summary.txt"
 pack

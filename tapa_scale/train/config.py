@@ -45,11 +45,13 @@ class TrainConfig:
     max_bad_steps: int = 5          # this many consecutive non-finite steps stop the run
     gc_every: int = 100             # Python garbage collection every N steps on all ranks; 0 = automatic
     peak_tflops: float = 0.0        # device peak for MFU; 0 = datasheet table (GPU) or measured (CPU)
-    watchdog_s: float = 0.0         # report (rank, step, all Python stacks) when a step takes longer; 0 = off
+    watchdog_s: float = 0.0         # report (rank, step, collective, all Python stacks) when a step takes longer; 0 = off
+    hang_timeout_s: float = 0.0     # a step longer than this is a hang: report as above, then end the job; 0 = off
     # Fault injection for the tests (docs/checkpoints.md); 0 / "" = off. Never set in real runs.
     fault_nan_at: int = 0           # poison the activations (loss and gradients become NaN) at this step
     fault_stall_at: int = 0         # sleep fault_stall_s seconds inside this step
     fault_stall_s: float = 0.0
+    fault_stall_rank: int = -1      # the rank that stalls (-1 = every rank)
     fault_kill_in_save: str = ""    # SIGKILL rank 0 during the next save: "shards" (after the shards) | "manifest"
     fault_crash_at: int = 0         # rank 0 exits with status 1 after this step, on a first attempt only
                                     # (torchrun's TORCHELASTIC_RESTART_COUNT unset or 0)
@@ -75,8 +77,9 @@ def validate_train(t: TrainConfig) -> list[str]:
     for key in ("keep_checkpoints", "max_bad_steps", "fault_nan_at", "fault_stall_at", "fault_crash_at"):
         if getattr(t, key) < 0:
             errs.append(f"train.{key}={getattr(t, key)}: must be >= 0")
-    if t.watchdog_s < 0 or t.fault_stall_s < 0:
-        errs.append(f"train.watchdog_s={t.watchdog_s} / fault_stall_s={t.fault_stall_s}: must be >= 0")
+    if t.watchdog_s < 0 or t.fault_stall_s < 0 or t.hang_timeout_s < 0:
+        errs.append(f"train.watchdog_s={t.watchdog_s} / hang_timeout_s={t.hang_timeout_s} / "
+                    f"fault_stall_s={t.fault_stall_s}: must be >= 0")
     if t.init_optimizer and not t.init_from:
         errs.append("train.init_optimizer=true: needs train.init_from (the checkpoint whose optimizer state to carry)")
     if t.resume_from < -1:

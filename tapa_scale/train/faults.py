@@ -10,8 +10,9 @@ and the explicit fault injections the tests use.
 - `Preemption` turns SIGTERM / SIGUSR1 (slurm's --signal, torchrun forwarding a stop) into a flag the
   loop polls once per step; the flag is all-reduced so that every rank saves after the same step.
 - `Watchdog` is a daemon thread: when no step finishes within train.watchdog_s it prints one line with
-  rank and step and then every thread's Python stack (faulthandler), once per stall. A rank hung in a
-  collective shows up as a stack ending in the collective call.
+  rank, step and the collective the rank is in (or last left: parallel/trace.py), then every thread's
+  Python stack (faulthandler), once per stall. After train.hang_timeout_s it reports the same way
+  and ends the process, so the launcher ends the job instead of letting it hang.
 - Fault injections (train.fault_*) are config keys so a test names them on the command line; they are
   documented in docs/checkpoints.md and are off by default.
 """
@@ -109,14 +110,20 @@ class Preemption:
 
 
 class Watchdog:
-    """Reports a step that runs longer than `timeout_s` (rank, step, all Python stacks), once per stall."""
+    """Reports a step that runs longer than `timeout_s` (rank, step, the collective it is in or last
+    left, all Python stacks), once per stall; with `hang_s`, a step still running after that many
+    seconds is a hang: reported the same way, then the process exits with HANG_EXIT after a grace
+    of a few seconds (time for the other ranks' reports), so the launcher ends the job instead of
+    letting it wait forever. `trace`: a parallel.trace.CollectiveTrace."""
 
-    def __init__(self, timeout_s: float, rank: int):
-        self.timeout_s, self.rank = timeout_s, rank
+    def __init__(self, timeout_s: float, rank: int, hang_s: float = 0.0, trace=None):
+        self.timeout_s, self.hang_s, self.rank, self.trace = timeout_s, hang_s, rank, trace
         self.step, self.last = 0, time.monotonic()
         self._reported, self._stop = False, threading.Event()
         self._thread = None
-        if timeout_s > 0:
+        limits = [x for x in (timeout_s, hang_s) if x > 0]
+        if limits:
+            self._poll = min(1.0, min(limits) / 4)
             self._thread = threading.Thread(target=self._watch, name="tapa-watchdog", daemon=True)
             self._thread.start()
 
@@ -124,18 +131,35 @@ class Watchdog:
         """The loop finished `step`; the next one starts now."""
         self.step, self.last, self._reported = step, time.monotonic(), False
 
+    def _where(self) -> str:
+        return f"; {self.trace.describe()}" if self.trace is not None else ""
+
     def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self.timeout_s / 4)):
+        while not self._stop.wait(self._poll):
             waited = time.monotonic() - self.last
-            if waited > self.timeout_s and not self._reported:
+            if self.timeout_s and waited > self.timeout_s and not self._reported:
                 self._reported = True
-                print(f"watchdog: rank {self.rank} stalled in step {self.step + 1} for {waited:.0f} s "
-                      f"(train.watchdog_s={self.timeout_s:g}); Python stacks of all threads follow",
-                      file=sys.stderr, flush=True)
-                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                _report(f"watchdog: rank {self.rank} stalled in step {self.step + 1} for {waited:.0f} s "
+                        f"(train.watchdog_s={self.timeout_s:g}){self._where()}; Python stacks of all threads follow")
+            if self.hang_s and waited > self.hang_s:
+                _report(f"hang: rank {self.rank} stuck in step {self.step + 1} for {waited:.0f} s "
+                        f"(train.hang_timeout_s={self.hang_s:g}){self._where()}; ending the job with exit "
+                        f"status {HANG_EXIT}; Python stacks of all threads follow")
+                time.sleep(HANG_GRACE_S)
+                os._exit(HANG_EXIT)
 
     def close(self) -> None:
         self._stop.set()
+
+
+HANG_EXIT = 124      # like timeout(1)
+HANG_GRACE_S = 5.0   # between a rank's hang report and its exit, so that every rank reports
+
+
+def _report(line: str) -> None:
+    sys.stderr.write(line + "\n")  # one write: ranks share the launcher's stderr
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
 
 
 # ---------------------------------------------------------------- fault injection (tests)
@@ -152,9 +176,11 @@ def poison_at(chunks: list, step_of) -> list:
     return handles
 
 
-def stall(seconds: float) -> None:
-    """train.fault_stall_at: a step that hangs (as a rank stuck in a collective would)."""
-    time.sleep(seconds)
+def stall(seconds: float, rank: int, only_rank: int) -> None:
+    """train.fault_stall_at: a step that hangs on every rank, or on ``only_rank`` alone (>= 0: a rank
+    that stops taking part, so the others wait for it in their next collective)."""
+    if only_rank < 0 or rank == only_rank:
+        time.sleep(seconds)
 
 
 def kill_hook(stage: str):

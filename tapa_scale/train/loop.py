@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..config import Config, ConfigError, to_yaml
 from ..ops import last_attention_impl
 from ..parallel import destroy_groups, init_groups
+from ..parallel.trace import CollectiveTrace, flight_recorder_env
 from ..parallel.reshard import load_full_state_dict
 from . import checkpoint as ckpt
 from . import faults, resume
@@ -31,6 +34,8 @@ class NonFiniteStop(RuntimeError):
 
 def train(cfg: Config) -> dict:
     """Train (or resume) the run described by cfg; returns the last logged record."""
+    if cfg.train.device != "cpu" and torch.cuda.is_available():
+        flight_recorder_env(cfg.run.dir)  # read when the NCCL process group is created
     groups = init_groups(cfg.parallel, cfg.train.device)
     try:
         return _train(cfg, build_run(cfg, groups))
@@ -63,7 +68,8 @@ def _train(cfg: Config, run) -> dict:
                            enabled=run.groups.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress)
     guard = faults.NonFiniteGuard(run.optimizer, run.device, run.chunks)
     preempt = faults.Preemption(t.save_on_signal, run.device)
-    watchdog = faults.Watchdog(t.watchdog_s, run.groups.rank)
+    trace = CollectiveTrace().install() if (t.watchdog_s or t.hang_timeout_s) else None
+    watchdog = faults.Watchdog(t.watchdog_s, run.groups.rank, t.hang_timeout_s, trace)
     saver = Saver(run, cfg, hook=faults.kill_hook(t.fault_kill_in_save) if t.fault_kill_in_save else None)
     current = {"step": 0}
     faults.poison_at(chunks_of(run),
@@ -83,7 +89,7 @@ def _train(cfg: Config, run) -> dict:
             current["step"] = step
             set_lr(run.optimizer, lr := lr_at(step - 1, t))
             if t.fault_stall_at == step:
-                faults.stall(t.fault_stall_s)
+                faults.stall(t.fault_stall_s, run.groups.rank, t.fault_stall_rank)
             loss, grad_norm = train_step(run, batches, clock)
             steps_timed += 1
             state.update(step=step, tokens=state["tokens"] + accounting.tokens_per_step)
@@ -124,6 +130,8 @@ def _train(cfg: Config, run) -> dict:
         saver.close(abort=not finished)
         collector.close()
         watchdog.close()
+        if trace is not None:
+            trace.uninstall()
         preempt.close()
         logger.close()
     return record

@@ -45,3 +45,22 @@ def test_watchdog_reports_stall_and_sigterm_saves_then_exits(tmp_path):
     last = latest_checkpoint(run)
     assert last is not None and int(last.name[5:]) == logged_steps(run)[-1] < 200
     assert "checkpoint of step" in out and "exiting" in out
+
+
+def test_a_rank_that_stops_taking_part_is_reported_and_the_job_ends(tmp_path):
+    # rank 1 sleeps through step 2; rank 0 waits for it in a collective. Both report where they are
+    # and the job ends long before the 120 s stall would.
+    start_time = time.monotonic()
+    out = train(2, f"run.dir={tmp_path / 'hang'}", "train.steps=5", "train.hang_timeout_s=4",
+                "train.fault_stall_at=2", "train.fault_stall_rank=1", "train.fault_stall_s=120",
+                "train.final_checkpoint=false", expect=1, timeout=100)  # torchrun: a rank failed
+    assert time.monotonic() - start_time < 90
+    lines = {line.split(" stuck")[0]: line for line in out.splitlines() if line.startswith("hang: rank")}
+    assert set(lines) == {"hang: rank 0", "hang: rank 1"}, out[-4000:]
+    waiting, sleeper = lines["hang: rank 0"], lines["hang: rank 1"]
+    assert "in step 2" in waiting and "in step 2" in sleeper
+    # rank 0 waits for rank 1 in the gradient reduction over the two ranks
+    assert "in torch.distributed _coalescing_manager, called from start_grad_sync (megatron/" in waiting
+    assert "all_reduce over 2 ranks of a float32 tensor" in waiting
+    assert "not in torch.distributed; the last collective call, " in sleeper
+    assert "in stall" in out  # rank 1's stack shows where it is
