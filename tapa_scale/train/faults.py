@@ -22,6 +22,7 @@ import faulthandler
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -157,9 +158,16 @@ HANG_GRACE_S = 5.0   # between a rank's hang report and its exit, so that every 
 
 
 def _report(line: str) -> None:
-    sys.stderr.write(line + "\n")  # one write: ranks share the launcher's stderr
+    """The line, then every thread's stack, each in one write: the ranks of a job share the launcher's
+    stderr, and faulthandler writes a stack in many small pieces, where another rank's report could
+    otherwise land in the middle of a line."""
+    with tempfile.TemporaryFile() as f:
+        faulthandler.dump_traceback(file=f, all_threads=True)
+        f.seek(0)
+        stacks = f.read()
     sys.stderr.flush()
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    os.write(sys.stderr.fileno(), (line + "\n").encode())
+    os.write(sys.stderr.fileno(), stacks)
 
 
 # ---------------------------------------------------------------- fault injection (tests)
