@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .parallel.groups import wants_cuda
+
 PACKAGES = ("torch", "megatron-core", "mosaicml-streaming", "triton", "transformers", "tapa-scale")
 BYTES_PER_PARAM_IN_CHECKPOINT = 12  # fp32 weights and two fp32 AdamW moments
 # Expected all-reduce bus bandwidth (GB/s) when none is given: deliberately low bars that a healthy
@@ -186,7 +188,7 @@ def expected_busbw(device: torch.device, given: float) -> float:
 def run_preflight(cfg, *, size_mb: float = 0.0, iters: int = 5, expect_busbw: float = 0.0,
                   fault_version: str = "") -> dict:
     """All checks on this rank; returns the report on every rank, raises PreflightError on refusal."""
-    use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    use_cuda = wants_cuda(cfg.train.device)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -224,9 +226,8 @@ def main(argv=None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"preflight: {e}\n")
         return 2
-    use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     if "WORLD_SIZE" in os.environ:
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=300))
+        dist.init_process_group("nccl" if wants_cuda(cfg.train.device) else "gloo", timeout=timedelta(seconds=300))
     else:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     rank = dist.get_rank()

@@ -60,6 +60,11 @@ class Groups:
         return mpu.get_model_parallel_group()
 
 
+def wants_cuda(device: str) -> bool:
+    """Whether train.device (auto | cpu | cuda) runs on a GPU here."""
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
 _enabled_compat: list = []  # non-empty while the CPU patches are on because init_groups switched them on
 
 
@@ -72,7 +77,7 @@ def init_groups(cfg: ParallelConfig, device: str = "auto", timeout_s: int = 600)
     version is warned about once."""
     from megatron.core import parallel_state as mpu
 
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = wants_cuda(device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     from . import cpu_compat

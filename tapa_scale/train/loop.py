@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..config import Config, ConfigError, to_yaml
 from ..ops import last_attention_impl
 from ..parallel import destroy_groups, init_groups
+from ..parallel.groups import wants_cuda
 from ..parallel.trace import CollectiveTrace, flight_recorder_env
 from ..parallel.reshard import load_full_state_dict
 from . import checkpoint as ckpt
@@ -34,7 +33,7 @@ class NonFiniteStop(RuntimeError):
 
 def train(cfg: Config) -> dict:
     """Train (or resume) the run described by cfg; returns the last logged record."""
-    if cfg.train.device != "cpu" and torch.cuda.is_available():
+    if wants_cuda(cfg.train.device):
         flight_recorder_env(cfg.run.dir)  # read when the NCCL process group is created
     groups = init_groups(cfg.parallel, cfg.train.device)
     try:
