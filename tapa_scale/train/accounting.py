@@ -74,6 +74,7 @@ class Accounting:
     def __init__(self, run):
         cfg = run.cfg
         self.world = run.groups.world_size
+        self.vocab_size = run.vocab_size
         self.tokens_per_step = run.global_batch * cfg.data.seq_len
         self.flops = model_flops(cfg.model, cfg.data.seq_len, run.vocab_size, causal=True)
         self.noncausal = model_flops(cfg.model, cfg.data.seq_len, run.vocab_size, causal=False)
@@ -99,7 +100,8 @@ class Accounting:
                 "forward_flops_per_token": {"dense": self.flops.dense, "attention": self.flops.attention,
                                             "output": self.flops.output,
                                             "tapa_elementwise": self.flops.tapa_elementwise},
-                "peak_flops_per_s": self.peak, "peak_source": self.peak_source, "devices": self.world}
+                "peak_flops_per_s": self.peak, "peak_source": self.peak_source, "devices": self.world,
+                "vocab_size": self.vocab_size}
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -1,0 +1,180 @@
+"""Run a list of layouts for a few steps each and set what they measured beside what the cost model
+predicts for them.
+
+A sweep file (YAML) lists runs; each is an ordinary training run (`python -m tapa_scale.train`)
+started by a launcher, by default `torchrun --standalone --nproc-per-node N` (on a cluster, e.g.
+`--launcher "srun --ntasks {nproc} python -m torch.distributed.run ..."`), in its own process group
+with a timeout, its run directory removed afterwards unless kept:
+
+    steps: 8                  # optimizer steps per run
+    log_every: 2              # the first record (start-up, first steps) is not counted
+    timeout_s: 900
+    set: [train.threads=1, ...]              # overrides for every run
+    runs:
+      - {name: tiny_dp2, config: configs/tiny.yaml, nproc: 2, set: [parallel.distributed_optimizer=true]}
+
+Measured: the median `step_time_s` of the records after the first, its parts, and `peak_memory_gb`
+of rank 0 (metrics.jsonl is rank 0's). Predicted: `plan.predict` of the run's layout on the hardware
+profile; the memory of rank 0 (the first pipeline stage), which is the rank measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .layout import Layout, Shape
+from .memory import memory
+from .plan import predict
+
+DEFAULT_LAUNCHER = f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {{nproc}}"
+
+
+@dataclass
+class RunSpec:
+    name: str
+    config: str
+    nproc: int = 1
+    overrides: list = field(default_factory=list)
+    counted: bool = True  # 1-2 processes with one thread each on this machine; 4 oversubscribe 2 cores
+
+
+def command(spec: RunSpec, run_dir: Path, steps: int, log_every: int, common: list, launcher: str) -> list[str]:
+    args = shlex.split(launcher.format(nproc=spec.nproc)) + ["-m", "tapa_scale.train", "--config", spec.config]
+    return args + list(common) + list(spec.overrides) + [
+        f"run.dir={run_dir}", f"train.steps={steps}", f"train.log_every={log_every}", "train.final_checkpoint=false",
+        "train.checkpoint_every=0", "train.eval_every=0", "run.tensorboard=false", "run.progress=false"]
+
+
+def measure(spec: RunSpec, out: Path, *, steps: int, log_every: int, timeout_s: float, common: list,
+            launcher: str = DEFAULT_LAUNCHER, keep: bool = False, log=print) -> dict:
+    """Run one layout; its measured step time and rank 0's peak memory, or why it has none."""
+    run_dir = out / spec.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    cmd = command(spec, run_dir, steps, log_every, common, launcher)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with open(run_dir / "output.log", "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = "timeout"
+    wall = time.perf_counter() - start
+    result = {"name": spec.name, "nproc": spec.nproc, "counted": spec.counted, "wall_s": round(wall, 1)}
+    records = _records(run_dir / "metrics.jsonl")
+    steady = records[1:]
+    if rc != 0 or not steady:
+        tail = (run_dir / "output.log").read_text()[-600:] if (run_dir / "output.log").exists() else ""
+        log(f"{spec.name}: no measurement (exit {rc}); last output:\n{tail}")
+        result["error"] = f"exit {rc}"
+    else:
+        times = [r["step_time_s"] for r in steady]
+        parts = {k.removeprefix("time_").removesuffix("_s"): statistics.median(r[k] for r in steady)
+                 for k in steady[0] if k.startswith("time_")}
+        accounting = json.loads((run_dir / "accounting.json").read_text())
+        result.update(step_time_s=statistics.median(times), step_time_spread=[min(times), max(times)],
+                      peak_memory_gb=max(r["peak_memory_gb"] for r in records), parts=parts,
+                      vocab_size=accounting.get("vocab_size"))
+        log(f"{spec.name}: {result['step_time_s']:.3f} s/step, {result['peak_memory_gb']:.3f} GB (rank 0), {wall:.0f} s")
+    if not keep:
+        for item in run_dir.iterdir():
+            if item.name not in ("metrics.jsonl", "output.log", "accounting.json", "config.yaml"):
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink()
+    return result
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "step_time_s" in r]
+
+
+def compare(measured: dict, shape: Shape, lay: Layout, hw) -> dict:
+    """The prediction for a measured run and the relative errors (predicted / measured - 1)."""
+    pred = predict(shape, lay, hw)
+    rank0 = memory(shape, lay, hw, stage=0)
+    row = {**measured, "layout": lay.describe(), "predicted_step_time_s": pred.time.total,
+           "predicted_parts": pred.time.parts, "predicted_memory_gb": rank0.total / 1e9,
+           "predicted_memory": rank0.to_json()}
+    if "step_time_s" in measured:
+        row["step_error"] = pred.time.total / measured["step_time_s"] - 1
+        row["memory_error"] = rank0.total / 1e9 / measured["peak_memory_gb"] - 1
+    return row
+
+
+def summary(rows: list[dict]) -> dict:
+    """Median absolute errors over the counted runs and whether the model orders them as measured."""
+    done = [r for r in rows if r.get("counted") and "step_error" in r]
+    if not done:
+        return {"counted": 0}
+    by_measured = [r["name"] for r in sorted(done, key=lambda r: r["step_time_s"])]
+    by_predicted = [r["name"] for r in sorted(done, key=lambda r: r["predicted_step_time_s"])]
+    return {"counted": len(done),
+            "median_abs_step_error": statistics.median(abs(r["step_error"]) for r in done),
+            "median_abs_memory_error": statistics.median(abs(r["memory_error"]) for r in done),
+            "kendall_tau": _kendall([by_measured.index(n) for n in by_predicted]),
+            "ranking_matches": by_measured == by_predicted,
+            "by_measured_time": by_measured, "by_predicted_time": by_predicted}
+
+
+def _kendall(order: list[int]) -> float:
+    """Kendall's tau between a permutation and the identity."""
+    n = len(order)
+    if n < 2:
+        return 1.0
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    concordant = sum(1 if order[i] < order[j] else -1 for i, j in pairs)
+    return concordant / len(pairs)
+
+
+def figures(rows: list[dict], out: Path) -> list[Path]:
+    """Predicted against measured (step time, memory) and tokens/s per process count."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "step_time_s" in r]
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (meas, pred, unit) in zip(axes, (("step_time_s", "predicted_step_time_s", "step time (s)"),
+                                             ("peak_memory_gb", "predicted_memory_gb", "peak memory, rank 0 (GB)"))):
+        for r in done:
+            ax.scatter(r[meas], r[pred], marker="o" if r["counted"] else "x", color="C0" if r["counted"] else "C3")
+            ax.annotate(r["name"], (r[meas], r[pred]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        lo = min([r[meas] for r in done] + [r[pred] for r in done] or [0.01])
+        hi = max([r[meas] for r in done] + [r[pred] for r in done] or [1])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xscale("log"), ax.set_yscale("log")
+        ax.set_xlabel(f"measured {unit}"), ax.set_ylabel(f"predicted {unit}")
+    axes[0].set_title("o counted, x oversubscribed (not counted)", fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "predicted_vs_measured.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in done:
+        tokens = r.get("tokens_per_step")
+        if tokens:
+            ax.scatter(r["nproc"], tokens / r["step_time_s"], color="C0")
+            ax.scatter(r["nproc"], tokens / r["predicted_step_time_s"], color="C1", marker="x")
+            ax.annotate(r["name"], (r["nproc"], tokens / r["step_time_s"]), fontsize=6)
+    ax.set_xlabel("processes"), ax.set_ylabel("tokens/s (o measured, x predicted)")
+    fig.tight_layout()
+    paths.append(out / "scaling.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
