@@ -4,6 +4,7 @@ measured runs (docs/scaling.md).
     python tools/scaling_study.py plan --config configs/llama3_8b_8k.yaml --nodes 64 --gpus-per-node 8 \\
         --hardware h100_sxm --json plan.json [--seq-len 32768] [--global-batch 128] [--top 10]
     python tools/scaling_study.py calibrate --out docs/measured/hardware_cpu_t1.json [--quick]
+    python tools/scaling_study.py anchors --hardware h100_sxm [--json OUT]
     python tools/scaling_study.py sweep --sweep configs/sweeps/cpu_validation.yaml \\
         --hardware docs/measured/hardware_cpu_t1.json --json docs/measured/scaling_validation_cpu.json \\
         [--plots docs/measured] [--only NAME] [--rerun] [--launcher CMD]
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+from dataclasses import replace
 import json
 import sys
 from pathlib import Path
@@ -37,13 +39,14 @@ def cmd_plan(args) -> int:
 
     world = args.nodes * args.gpus_per_node
     overrides = list(args.overrides) + ([f"data.seq_len={args.seq_len}"] if args.seq_len else [])
-    cfg = load_config(args.config, overrides + ["parallel.tp=1", "parallel.pp=1", "parallel.cp=1"],
-                      world_size=world, check_paths=False)
+    layout_free = ["parallel.tp=1", "parallel.pp=1", "parallel.cp=1", "parallel.vpp=1", "parallel.sequence_parallel=false"]
+    cfg = load_config(args.config, overrides + layout_free, world_size=1, check_paths=False)  # the layout is the plan's
     hw = load_hardware(args.hardware)
     shape = shape_of(cfg.model, cfg.data.seq_len, args.vocab or vocab_of(cfg))
     batch = args.global_batch or cfg.train.global_batch_size or world
     preds = plan(shape, hw, nodes=args.nodes, gpus_per_node=args.gpus_per_node, global_batch=batch,
-                 recompute=("none", "full") if args.recompute else ("none",))
+                 recompute=("none", "full") if args.recompute else ("none",),
+                 sharded_optimizer=(False,) if args.no_distributed_optimizer else (False, True))
     rows = [p.to_json() for p in preds]
     out = {"config": args.config, "seq_len": shape.seq_len, "vocab_size": shape.vocab_size, "nodes": args.nodes,
            "gpus_per_node": args.gpus_per_node, "global_batch": batch, "hardware": hw.name,
@@ -67,6 +70,33 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_anchors(args) -> int:
+    from tapa_scale.scaling.anchors import anchor_setups
+    from tapa_scale.scaling.plan import predict
+
+    hw = load_hardware(args.hardware)
+    rows = []
+    for name, shape, lay, mfu, tps in anchor_setups():
+        p = published = predict(shape, lay, hw)
+        # where this code cannot hold the published micro-batch, the nearest one that fits: smaller, then recomputed
+        for mb, rc in [(b, lay.recompute) for b in (lay.micro_batch // 2, 1) if b >= 1] + [(1, "full")]:
+            if p.memory.fits:
+                break
+            p = predict(shape, replace(lay, micro_batch=mb, recompute=rc), hw)
+        lay = p.layout
+        rows.append({"anchor": name, "published_layout_fits": published.memory.fits, "published_mfu_noncausal": mfu, "published_tokens_per_s_per_gpu": tps,
+                     "predicted_mfu_noncausal": round(p.mfu_noncausal, 4),
+                     "predicted_tokens_per_s_per_gpu": round(p.tokens_per_s / lay.world, 1),
+                     "predicted_memory_gb": round(p.memory.total / 1e9, 2), "fits": p.memory.fits,
+                     "bottleneck": p.bottleneck, "layout": lay.describe()})
+        print(f"{name:<26} published MFU {mfu:.3f} ({tps:,} tok/s/GPU)   predicted {p.mfu_noncausal:.3f} "
+              f"({p.tokens_per_s / lay.world:,.0f} tok/s/GPU), {p.memory.total / 1e9:.1f} GB, bound by {p.bottleneck}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"hardware": hw.name, "calibrated": hw.calibrated, "anchors": rows},
+                                              indent=1) + "\n")
+    return 0
+
+
 def _load_sweep(path: str):
     import yaml
     from tapa_scale.scaling.sweep import RunSpec
@@ -82,17 +112,19 @@ def _load_sweep(path: str):
 
 
 def cmd_sweep(args) -> int:
-    from tapa_scale.scaling.sweep import DEFAULT_LAUNCHER, compare, figures, measure, summary
+    from tapa_scale.scaling.sweep import DEFAULT_LAUNCHER, compare, figures, measure, run_overrides, summary
 
     spec, runs = _load_sweep(args.sweep)
     if args.only:
         runs = [r for r in runs if fnmatch.fnmatch(r.name, args.only)]
     hw = load_hardware(args.hardware)
     common = list(spec.get("set", []))
+    steps, log_every = int(spec.get("steps", 8)), int(spec.get("log_every", 2))
+    forced = run_overrides(Path("runs") / "sweeps" / Path(args.json).stem, steps, log_every)
     planned = {}
     for r in runs:  # every config is checked before the first run starts
         try:
-            planned[r.name] = (r, load_config(r.config, common + r.overrides, world_size=r.nproc))
+            planned[r.name] = (r, load_config(r.config, common + r.overrides + forced, world_size=r.nproc))
         except ConfigError as e:
             raise ConfigError(f"{args.sweep}: run {r.name}: {e}") from None
     out = Path(args.json)
@@ -102,7 +134,8 @@ def cmd_sweep(args) -> int:
         # predictions always follow the current model and profile; measurements are kept as taken
         rows = []
         for name, m in measured.items():
-            r, cfg = planned.get(name) or (None, load_config(m["config"], common + m["overrides"], world_size=m["nproc"]))
+            r, cfg = planned.get(name) or (None, load_config(m["config"], common + m["overrides"] + forced,
+                                                             world_size=m["nproc"]))
             shape = shape_of(cfg.model, cfg.data.seq_len, m.get("vocab_size") or vocab_of(cfg))
             lay = layout_of(cfg, m["nproc"])
             rows.append({**compare(m, shape, lay, hw), "tokens_per_step": lay.global_batch * shape.seq_len,
@@ -115,8 +148,8 @@ def cmd_sweep(args) -> int:
         if name in measured and "error" not in measured[name] and not args.rerun:
             print(f"{name}: already measured")
             continue
-        m = measure(r, out.parent / (out.stem + "_runs"), steps=int(spec.get("steps", 8)),
-                    log_every=int(spec.get("log_every", 2)), timeout_s=float(spec.get("timeout_s", 900)),
+        m = measure(r, Path("runs") / "sweeps" / out.stem, steps=steps, log_every=log_every,
+                    timeout_s=float(spec.get("timeout_s", 900)),
                     common=common, launcher=args.launcher or DEFAULT_LAUNCHER, keep=args.keep)
         measured[name] = {**m, "config": r.config, "overrides": r.overrides}
         write()
@@ -141,6 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--global-batch", type=int, default=0, help="sequences per step (default: the config's)")
     p.add_argument("--vocab", type=int, default=0, help="vocabulary (default: model.vocab_size or the tokenizer's)")
     p.add_argument("--recompute", action="store_true", help="also price full activation recomputation")
+    p.add_argument("--no-distributed-optimizer", action="store_true",
+                   help="only layouts with a full optimizer copy per data-parallel rank")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     c = sub.add_parser("calibrate", help="measure this machine into a hardware profile")
@@ -151,6 +186,9 @@ def main(argv=None) -> int:
     c.add_argument("--processes", type=int, default=2)
     c.add_argument("--quick", action="store_true")
     c.add_argument("--name", default="")
+    a = sub.add_parser("anchors", help="predictions for published throughput figures")
+    a.add_argument("--hardware", default="h100_sxm")
+    a.add_argument("--json", default="")
     s = sub.add_parser("sweep", help="run layouts here and compare with the prediction")
     s.add_argument("--sweep", required=True)
     s.add_argument("--hardware", required=True)
@@ -162,7 +200,8 @@ def main(argv=None) -> int:
     s.add_argument("--launcher", default="", help="command before '-m tapa_scale.train'; {nproc} is substituted")
     args = parser.parse_args(argv)
     try:
-        return {"plan": cmd_plan, "calibrate": cmd_calibrate, "sweep": cmd_sweep}[args.command](args)
+        return {"plan": cmd_plan, "calibrate": cmd_calibrate, "anchors": cmd_anchors,
+                "sweep": cmd_sweep}[args.command](args)
     except (ConfigError, ProfileError, ValueError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

@@ -24,6 +24,7 @@ class Prediction:
     time: StepTime
     tokens_per_s: float
     mfu: float
+    mfu_noncausal: float = 0.0  # attention counted over the full square (torchtitan's, llm-foundry's)
 
     @property
     def bottleneck(self) -> str:
@@ -36,17 +37,17 @@ class Prediction:
                 "micro_batch": lay.micro_batch, "global_batch": lay.global_batch,
                 "distributed_optimizer": lay.distributed_optimizer, "recompute": lay.recompute,
                 "tokens_per_s": round(self.tokens_per_s, 1), "tokens_per_s_per_device": round(self.tokens_per_s / lay.world, 1),
-                "mfu": round(self.mfu, 4), "memory_gb": round(self.memory.total / 1e9, 3), "fits": self.memory.fits,
+                "mfu": round(self.mfu, 4), "mfu_noncausal": round(self.mfu_noncausal, 4), "memory_gb": round(self.memory.total / 1e9, 3), "fits": self.memory.fits,
                 "bottleneck": self.bottleneck, "step_time_s": round(self.time.total, 6),
                 "time_s": {k: round(v, 6) for k, v in self.time.parts.items()}, "memory": self.memory.to_json()}
 
 
-def train_flops_per_token(shape: Shape) -> float:
-    """Model FLOPs of one training token (scaling/flops.py, causal)."""
+def train_flops_per_token(shape: Shape, causal: bool = True) -> float:
+    """Model FLOPs of one training token (scaling/flops.py)."""
     m = SimpleNamespace(hidden_size=shape.hidden_size, num_heads=shape.num_heads, kv_heads=shape.kv_heads,
                         head_dim=shape.head_dim, num_layers=shape.num_layers, ffn_size=shape.ffn_size,
                         pos_encoding=shape.encoding, tapa=SimpleNamespace(theta=shape.tapa_theta, phase=shape.tapa_phase))
-    return model_flops(m, shape.seq_len, shape.vocab_size).train
+    return model_flops(m, shape.seq_len, shape.vocab_size, causal=causal).train
 
 
 def predict(shape: Shape, lay: Layout, hw) -> Prediction:
@@ -55,8 +56,10 @@ def predict(shape: Shape, lay: Layout, hw) -> Prediction:
         raise ValueError(f"layout {lay.describe()}: " + "; ".join(problems))
     t = step_time(shape, lay, hw)
     tokens_per_s = lay.global_batch * shape.seq_len / t.total
-    mfu = train_flops_per_token(shape) * tokens_per_s / lay.world / hw.peak_flops
-    return Prediction(layout=lay, memory=memory(shape, lay, hw), time=t, tokens_per_s=tokens_per_s, mfu=mfu)
+    per_device = tokens_per_s / lay.world / hw.peak_flops
+    return Prediction(layout=lay, memory=memory(shape, lay, hw), time=t, tokens_per_s=tokens_per_s,
+                      mfu=train_flops_per_token(shape) * per_device,
+                      mfu_noncausal=train_flops_per_token(shape, causal=False) * per_device)
 
 
 def _divisors(n: int) -> list[int]:
@@ -64,7 +67,8 @@ def _divisors(n: int) -> list[int]:
 
 
 def layouts(shape: Shape, world: int, global_batch: int, *, per_node: int, micro_batches=(1, 2, 4),
-            max_vpp: int = 4, cp_comms=("allgather", "ring"), recompute=("none",)) -> list[Layout]:
+            max_vpp: int = 4, cp_comms=("allgather", "ring"), recompute=("none",),
+            sharded_optimizer=(False, True)) -> list[Layout]:
     """Every runnable layout of ``world`` devices for the shape (tensor parallelism within a node)."""
     out = []
     for tp, cp, pp in product(_divisors(world), repeat=3):
@@ -72,7 +76,7 @@ def layouts(shape: Shape, world: int, global_batch: int, *, per_node: int, micro
             continue
         dp = world // (tp * cp * pp)
         for vpp, mb, sp, zero, comm, rc in product(range(1, max_vpp + 1), micro_batches, (False, True),
-                                                   (False, True), cp_comms if cp > 1 else ("allgather",), recompute):
+                                                   sharded_optimizer, cp_comms if cp > 1 else ("allgather",), recompute):
             if (sp and tp == 1) or (zero and dp * cp == 1) or (vpp > 1 and pp == 1):
                 continue  # sharding needs more than one rank to shard over
             lay = Layout(tp=tp, pp=pp, cp=cp, dp=dp, vpp=vpp, sequence_parallel=sp, cp_comm=comm, micro_batch=mb,

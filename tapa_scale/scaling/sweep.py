@@ -47,11 +47,16 @@ class RunSpec:
     counted: bool = True  # 1-2 processes with one thread each on this machine; 4 oversubscribe 2 cores
 
 
+def run_overrides(run_dir, steps: int, log_every: int) -> list[str]:
+    """What every sweep run sets last: its directory and length, no checkpoints or mid-run validation."""
+    return [f"run.dir={run_dir}", f"train.steps={steps}", f"train.log_every={log_every}",
+            "train.final_checkpoint=false", "train.checkpoint_every=0", "train.eval_every=0",
+            "run.tensorboard=false", "run.progress=false"]
+
+
 def command(spec: RunSpec, run_dir: Path, steps: int, log_every: int, common: list, launcher: str) -> list[str]:
     args = shlex.split(launcher.format(nproc=spec.nproc)) + ["-m", "tapa_scale.train", "--config", spec.config]
-    return args + list(common) + list(spec.overrides) + [
-        f"run.dir={run_dir}", f"train.steps={steps}", f"train.log_every={log_every}", "train.final_checkpoint=false",
-        "train.checkpoint_every=0", "train.eval_every=0", "run.tensorboard=false", "run.progress=false"]
+    return args + list(common) + list(spec.overrides) + run_overrides(run_dir, steps, log_every)
 
 
 def measure(spec: RunSpec, out: Path, *, steps: int, log_every: int, timeout_s: float, common: list,

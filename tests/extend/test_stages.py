@@ -132,7 +132,7 @@ def test_killed_extension_resumes_bit_identically_and_gates_stop_it(tmp_path):
     assert changed.returncode == 2 and "stage 'long' is finished; it trained with train.steps=4" in changed.stderr
 
 
-@pytest.mark.parametrize("name, world", [("tiny_extend", 1), ("ci", 1), ("llama3_8b_8k_to_32k", 32)])
+@pytest.mark.parametrize("name, world", [("tiny_extend", 1), ("ci", 1), ("llama3_8b_8k_to_32k", 64)])
 @pytest.mark.parametrize("encoding", ["tapa", "yarn"])
 def test_shipped_stages_files_resolve(name, world, encoding):
     plan = load_plan(ROOT / "configs" / "stages" / f"{name}.yaml", [f"model.pos_encoding={encoding}"], world_size=world)

@@ -1,0 +1,55 @@
+"""The sweep runner on a real training run, its timeout, and the planning tool's command line.
+
+Would catch: a measurement read from the start-up record, step parts that no longer add up, a hung
+run that is not killed, predictions that cannot be set beside a measured run, a bad hardware name
+that surfaces as a traceback."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tapa_scale.config import load_config
+from tapa_scale.scaling.hardware import load_hardware
+from tapa_scale.scaling.layout import layout_of, shape_of
+from tapa_scale.scaling.sweep import RunSpec, compare, measure, summary
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["model.num_layers=2", "data.seq_len=64", "train.micro_batch_size=4", "train.threads=1",
+         "train.eval_batches=1", "train.warmup_steps=1"]
+
+
+def test_measure_a_real_run_and_compare(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    spec = RunSpec(name="tiny", config="configs/tiny.yaml", nproc=1, overrides=SMALL)
+    m = measure(spec, tmp_path, steps=4, log_every=2, timeout_s=300, common=[], log=lambda *_: None)
+    assert "error" not in m, m
+    assert m["step_time_s"] > 0 and m["peak_memory_gb"] > 0.1 and m["vocab_size"] > 0
+    # the record after the first: its parts add up to its step time (the training loop's accounting)
+    assert sum(m["parts"].values()) == pytest.approx(m["step_time_s"], rel=1e-6)
+    assert not (tmp_path / "tiny" / "checkpoints").exists()
+    cfg = load_config("configs/tiny.yaml", SMALL)
+    row = compare(m, shape_of(cfg.model, 64, m["vocab_size"]), layout_of(cfg, 1), load_hardware("h100_sxm"))
+    assert row["predicted_step_time_s"] > 0 and row["predicted_memory_gb"] > 0
+    assert summary([row])["counted"] == 1
+
+
+def test_a_run_past_its_timeout_is_killed(tmp_path):
+    launcher = f"{sys.executable} -c 'import time; time.sleep(60)'"
+    spec = RunSpec(name="hung", config="configs/tiny.yaml")
+    m = measure(spec, tmp_path, steps=2, log_every=1, timeout_s=1, common=[], launcher=launcher,
+                log=lambda *_: None)
+    assert m["error"] == "exit timeout" and m["wall_s"] < 30
+
+
+def test_plan_command_line(tmp_path):
+    out = tmp_path / "plan.json"
+    run = lambda *a: subprocess.run([sys.executable, "tools/scaling_study.py", "plan", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    ok = run("--config", "configs/llama3_8b_8k.yaml", "--nodes", "2", "--json", str(out), "--vocab", "128256")
+    assert ok.returncode == 0, ok.stderr
+    rows = json.loads(out.read_text())["layouts"]
+    assert rows and all(r["tp"] * r["pp"] * r["cp"] * r["dp"] == 16 for r in rows)
+    bad = run("--config", "configs/llama3_8b_8k.yaml", "--nodes", "2", "--json", str(out), "--hardware", "h900")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: hardware 'h900'")
