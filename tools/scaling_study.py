@@ -150,7 +150,8 @@ def cmd_sweep(args) -> int:
             continue
         m = measure(r, Path("runs") / "sweeps" / out.stem, steps=steps, log_every=log_every,
                     timeout_s=float(spec.get("timeout_s", 900)),
-                    common=common, launcher=args.launcher or DEFAULT_LAUNCHER, keep=args.keep)
+                    common=common, launcher=args.launcher or DEFAULT_LAUNCHER, keep=args.keep,
+                    memory_pass=bool(spec.get("memory_pass", False)))
         measured[name] = {**m, "config": r.config, "overrides": r.overrides}
         write()
     result = write()

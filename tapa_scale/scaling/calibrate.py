@@ -7,20 +7,27 @@ Each figure is taken in the compute dtype with torch's thread count ``threads`` 
 process; a timing is the minimum over a few repetitions after a warm-up, a repetition looping calls
 for about a millisecond so that the clock resolves it.
 
-- peak_flops: CPU `peaks.cpu_peak` (the cached figure MFU divides by); CUDA the datasheet dense bf16
+- peak_flops: CPU `peaks.cpu_peak`, measured afresh with nothing else running (and cached: the figure
+  the training loop's MFU divides by); CUDA the datasheet dense bf16
   peak (`peaks.gpu_peak`), or the best GEMM rate for a model the table does not know.
 - gemm.table: [m, n, k, 2mnk / seconds] of ``a @ b``, a (m, k), b (k, n), over a log2 grid. A shape
   above the FLOP cap is not timed but given the rate of the largest timed shape with its n and k (the
   largest timed shape if none), as efficiency saturates with size: the table is the full grid.
   gemm.efficiency = best timed rate / peak_flops.
 - memory_bandwidth = 3 x tensor bytes / seconds of ``torch.add(a, b, out=c)`` on float32 tensors;
-  op_overhead_s: median seconds of ``torch.add`` on 1-element tensors (eager dispatch, or launch).
-- attention.<impl>/<family>: forward + ``out.sum().backward()`` of causal `ops.attention.attention`,
-  B=1, H=4 query and key/value heads, head_dim 64, under PositionalEncoding "tapa" (family tapa) or
-  "rope" (family dot); a length N gives seconds / (B H N (N + 1) / 2), the cost of one (query, key) pair.
-- runtime_bytes: a fresh interpreter imports torch, megatron.core and tapa_scale.train.loop and joins a
-  one-process group; CPU: its peak resident set (ru_maxrss); CUDA: device bytes in use (total - free)
-  after one NCCL all_reduce, less those in use before it started.
+  memory_table: the same for ``a + b``, which allocates its output as eager code does, at tensors of
+  16 KiB .. 64 MiB; op_overhead_s: median seconds of ``torch.add`` on 1-element tensors (eager
+  dispatch, or launch).
+- attention.<impl>/<family>: forward + ``out.sum().backward()`` of causal `ops.attention.attention`
+  under PositionalEncoding "tapa" (family tapa) or "rope" (family dot), at the batch B, heads H (query
+  and key/value) and lengths N of `ATTENTION` (CPU: head dim 64, B x H = 4 and 32; CUDA: head dim 128,
+  B x H = 4, 32 and 128); each gives [N, B H, seconds / (B H N (N + 1) / 2)], the cost of one
+  (query, key) pair.
+- runtime_bytes: CPU: `trainer_runtime`, the real trainer on a negligible model (`PROBE_MODEL`) for
+  two steps, its peak resident set less the tensors the cost model counts for it (quick mode: the
+  import probe below); CUDA: a fresh interpreter imports torch, megatron.core and
+  tapa_scale.train.loop, joins a one-process group and runs one NCCL all_reduce: device bytes in use
+  (total - free) less those in use before it started.
 - links.intra: ``processes`` spawned ranks (one thread each; gloo on CPU, nccl on CUDA) time each
   collective on float32 messages of 2^12 .. 2^24 bytes as parallel/context_parallel.py issues it (gloo:
   all_gather into a list of views, reduce_scatter as an all_reduce of a copy of the input); a barrier
@@ -59,11 +66,18 @@ from .hardware import COLLECTIVES, Hardware, Link
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEVICES = ("cpu", "cuda")
 # (m values, n values, k values, cap on 2mnk per timed product)
-GEMM_GRID = {"cpu": ((128, 512, 2048, 8192), (64, 256, 1024, 4096), (64, 256, 1024, 4096), 2e9),
+GEMM_GRID = {"cpu": ((128, 512, 2048, 8192), (64, 256, 1024, 4096, 8192), (64, 256, 1024, 4096, 8192), 8e9),
              "cuda": ((128, 512, 2048, 8192), (64, 256, 1024, 4096), (64, 256, 1024, 4096), 1e13)}
 QUICK_GEMM_GRID = ((128, 512), (64, 256), (64, 256), 2e7)
-ATTENTION_LENGTHS, QUICK_ATTENTION_LENGTHS = (128, 256, 512, 1024, 2048), (64, 128)
-ATTENTION_SHAPE = (1, 4, 64)  # batch, heads, head dim
+# attention: head dim, then (batch, heads, lengths) rows; long lengths at few rows only (time)
+ATTENTION = {"cpu": (64, ((1, 4, (128, 256, 512, 1024, 2048)), (8, 4, (128, 256, 512)))),
+             "cuda": (128, ((1, 4, (1024, 4096, 16384)), (1, 32, (1024, 2048, 4096, 8192, 16384)),
+                            (4, 32, (1024, 4096, 8192))))}
+QUICK_ATTENTION = (64, ((1, 4, (64, 128)), (4, 4, (64,))))
+MEMORY_SIZES, QUICK_MEMORY_SIZES = tuple(4 ** i for i in range(6, 13)), (4 ** 6, 4 ** 8)  # elements
+PROBE_MODEL = ["model.num_layers=1", "model.hidden_size=64", "model.num_heads=1", "model.num_kv_heads=1",
+               "model.ffn_hidden_size=64", "data.seq_len=16", "train.micro_batch_size=1",
+               "train.global_batch_size=1", "train.eval_batches=1", "train.warmup_steps=1", "data.num_workers=0"]
 LINK_SIZES, QUICK_LINK_SIZES = tuple(2 ** i for i in range(12, 25)), tuple(2 ** i for i in range(12, 17))
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,25 +158,33 @@ def measure_gemm(device: str, dtype: torch.dtype, grid, reps: int) -> tuple[list
     return table, max(timed.values()), len(timed)
 
 
-def measure_memory(device: str, numel: int, reps: int, calls: int) -> tuple[float, float]:
-    """(bytes/s of an elementwise add, median seconds of one tiny add)."""
+def measure_memory(device: str, numel: int, reps: int, calls: int, sizes) -> tuple[float, float, list]:
+    """(bytes/s of an elementwise add into a given output, median seconds of one tiny add, the table
+    [[tensor bytes, bytes/s], ...] of ``a + b`` allocating its output at each of ``sizes`` elements)."""
     sync = _sync(device)
     a, b, c = (torch.rand(numel, device=device) for _ in range(3))
     bandwidth = 3 * numel * a.element_size() / _best_seconds(lambda: torch.add(a, b, out=c), sync, reps)
+    table = []
+    for n in sizes:
+        x, y = torch.rand(n, device=device), torch.rand(n, device=device)
+        table.append([4 * n, 12 * n / _best_seconds(lambda: x + y, sync, reps)])
     x, y = torch.ones(1, device=device), torch.ones(1, device=device)
     block = 100 if device == "cuda" else 1  # on CUDA: launch cost, not a synchronisation per call
     _per_call(lambda: torch.add(x, y), sync, block)
-    return bandwidth, statistics.median(_per_call(lambda: torch.add(x, y), sync, block) for _ in range(calls // block))
+    overhead = statistics.median(_per_call(lambda: torch.add(x, y), sync, block) for _ in range(calls // block))
+    return bandwidth, overhead, table
 
 
-def measure_attention(device: str, dtype: torch.dtype, lengths, reps: int, log) -> dict:
+def measure_attention(device: str, dtype: torch.dtype, shapes, reps: int, log) -> dict:
+    """{"<impl>/<family>": {head_dim, points: [[N, B x H, seconds per pair], ...]}} over ``shapes``
+    = (head dim, ((B, H, lengths), ...))."""
     from ..ops.attention import PositionalEncoding, attention, triton_unavailable_reason
 
-    batch, heads, head_dim = ATTENTION_SHAPE
+    head_dim, rows = shapes
     entries, sync = {}, _sync(device)
     cases = [("reference", "tapa", "reference"), ("reference", "dot", "reference")]  # (entry impl, family, impl=)
     if device == "cuda":
-        reason = triton_unavailable_reason(torch.empty(1, heads, 64, head_dim, device=device, dtype=dtype))
+        reason = triton_unavailable_reason(torch.empty(1, 4, 64, head_dim, device=device, dtype=dtype))
         cases += [("triton", "tapa", "triton")] if reason is None else []
         cases.append(("sdpa", "dot", "auto"))  # "auto" is torch SDPA for plain dot-product attention on CUDA
         if reason:
@@ -170,18 +192,42 @@ def measure_attention(device: str, dtype: torch.dtype, lengths, reps: int, log) 
     for impl, family, impl_arg in cases:
         encoding = PositionalEncoding(kind="tapa" if family == "tapa" else "rope")
         points = []
-        for n in lengths:
-            q, k, v = (torch.randn(batch, heads, n, head_dim, device=device, dtype=dtype, requires_grad=True)
-                       for _ in range(3))
+        for batch, heads, lengths in rows:
+            for n in lengths:
+                q, k, v = (torch.randn(batch, heads, n, head_dim, device=device, dtype=dtype, requires_grad=True)
+                           for _ in range(3))
 
-            def step():
-                q.grad = k.grad = v.grad = None
-                attention(q, k, v, encoding, impl=impl_arg).sum().backward()
+                def step():
+                    q.grad = k.grad = v.grad = None
+                    attention(q, k, v, encoding, impl=impl_arg).sum().backward()
 
-            points.append([n, _best_seconds(step, sync, reps) / (batch * heads * n * (n + 1) / 2)])
+                points.append([n, batch * heads, _best_seconds(step, sync, reps) / (batch * heads * n * (n + 1) / 2)])
         entries[f"{impl}/{family}"] = {"head_dim": head_dim, "points": points}
-        log(f"attention {impl}/{family}: " + ", ".join(f"N={n} {s:.3g} s/pair" for n, s in points))
+        log(f"attention {impl}/{family}: " + ", ".join(f"N={n} BH={bh} {s:.3g} s/pair" for n, bh, s in points))
     return entries
+
+
+def trainer_runtime(threads: int) -> float:
+    """Bytes a CPU training process holds beyond the tensors the cost model counts: the peak resident
+    set of the real trainer (sweep.measure, live-bytes heap) on a model of negligible size, less the
+    model's prediction for that run."""
+    from ..config import load_config
+    from .layout import layout_of, shape_of
+    from .memory import memory
+    from .sweep import LIVE_BYTES_ENV, RunSpec, measure
+
+    spec = RunSpec(name="runtime_probe", config=str(REPO / "configs" / "tiny.yaml"),
+                   overrides=[*PROBE_MODEL, f"train.threads={threads}", f"data.cache_dir={REPO / '.cache' / 'data'}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        m = measure(spec, Path(tmp), steps=2, log_every=1, timeout_s=600, common=[], env=LIVE_BYTES_ENV,
+                    log=lambda *_: None)
+    if "error" in m:
+        raise RuntimeError(f"runtime probe (a training run of {' '.join(PROBE_MODEL)}) failed: {m['error']}")
+    cfg = load_config(spec.config, spec.overrides)
+    counted = Hardware(name="probe", peak_flops=1.0, memory_bytes=1.0, memory_bandwidth=1.0, device="cpu",
+                       compute_dtype="fp32")
+    tensors = memory(shape_of(cfg.model, cfg.data.seq_len, m["vocab_size"]), layout_of(cfg, 1), counted).total
+    return m["peak_memory_gb"] * 1e9 - tensors
 
 
 def _runtime_probe(device: str, threads: int) -> None:
@@ -328,22 +374,26 @@ def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, pro
         torch.set_num_threads(threads)
         if not quick or cuda:  # alone: nothing else runs while it measures (and CUDA counts device bytes)
             probe.wait()
-        peak = peaks.gpu_peak(model) if cuda else peaks.cpu_peak(compute)
+        peak = peaks.gpu_peak(model) if cuda else peaks.cpu_peak(compute, refresh=not quick)
         how = "datasheet dense bf16" if cuda else f"measured {dtype} matmul"
         table, best, timed = measure_gemm(device, compute, QUICK_GEMM_GRID if quick else GEMM_GRID[device], reps)
         if peak is None:
             peak, how = best, "best measured GEMM, the model is not in the datasheet table"
         log(f"calibrate: peak {peak:.4g} FLOP/s ({how}); GEMM {timed} of {len(table)} shapes timed, "
             f"best {best:.4g} FLOP/s = {best / peak:.3f} of peak")
-        bandwidth, overhead = measure_memory(device, 2 ** 20 if quick else 2 ** 24, reps, 200 if quick else 2000)
+        bandwidth, overhead, memory_table = measure_memory(device, 2 ** 20 if quick else 2 ** 24, reps,
+                                                           200 if quick else 2000,
+                                                           QUICK_MEMORY_SIZES if quick else MEMORY_SIZES)
         log(f"calibrate: memory bandwidth {bandwidth:.4g} B/s, op overhead {overhead:.3g} s")
         attention = measure_attention(device, compute if cuda else torch.float32,
-                                      QUICK_ATTENTION_LENGTHS if quick else ATTENTION_LENGTHS, reps,
+                                      QUICK_ATTENTION if quick else ATTENTION[device], reps,
                                       lambda line: log(f"calibrate: {line}"))
         links = measure_links(device, processes, QUICK_LINK_SIZES if quick else LINK_SIZES, 3 if quick else 20)
         log("calibrate: links " + ", ".join(f"{k} {v.latency_s:.3g} s + {v.bandwidth:.4g} B/s"
                                             for k, v in links.items()))
         runtime = _finish_runtime_probe(probe) - before
+        if not (quick or cuda):  # the trainer's own footprint, beyond the imports
+            runtime = trainer_runtime(threads)
         log(f"calibrate: runtime {runtime / 2 ** 20:.0f} MiB")
     finally:
         torch.set_num_threads(threads_before)
@@ -359,7 +409,7 @@ def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, pro
                     peak_flops=float(peak), memory_bytes=memory, memory_bandwidth=bandwidth, calibrated=True,
                     source=source, device=device, compute_dtype=dtype, runtime_bytes=float(runtime),
                     op_overhead_s=overhead, processes_per_node=per_node, gemm_efficiency=best / peak,
-                    gemm_table=table, attention=attention,
+                    gemm_table=table, attention=attention, memory_table=memory_table,
                     links={"intra": links, "inter": {k: Link(v.latency_s, v.bandwidth) for k, v in links.items()}})
 
 

@@ -10,14 +10,20 @@ from a datasheet, and where it was measured (``calibrated: true``, written by
     runtime_bytes           memory a training process holds before its first tensor (CUDA context and
                             communicator buffers; on CPU the resident set of the imported runtime)
     memory_bandwidth        bytes/s an elementwise kernel sustains
+    memory_table            [[tensor_bytes, bytes_per_s], ...]: measured bandwidth of an elementwise
+                            operator that allocates its output, by the size of one tensor (optional;
+                            on CPU a large fresh output is paid in page faults, far below streaming)
     op_overhead_s           fixed cost of one operator (kernel launch, or eager dispatch on CPU)
     processes_per_node      devices (GPUs, or CPU processes) sharing the intra-node links
     gemm.efficiency         achieved fraction of peak_flops for shapes outside the table
     gemm.table              [[m, n, k, flop_per_s], ...]: measured C[m,n] = A[m,k] @ B[k,n]
     attention.<impl>/<family>
-                            {head_dim, points: [[seq_len, seconds_per_pair], ...]}: measured forward +
-                            backward of causal attention at each length, divided by its batch x heads x
-                            (query, key) pairs; family "tapa" or "dot" (the RoPE family, NoPE, ALiBi)
+                            {head_dim, points: [[seq_len, batch_heads, seconds_per_pair], ...]}: measured
+                            forward + backward of causal attention at each length and batch x heads,
+                            divided by its batch x heads x (query, key) pairs; family "tapa" or "dot"
+                            (the RoPE family, NoPE, ALiBi). The cost per pair depends on batch x heads
+                            too: a kernel's grid is batch x heads x query blocks (few of them leave a
+                            GPU idle), and on CPU the score block outgrows the caches
     links.intra / links.inter
                             {<collective>: {latency_s, bandwidth}} for all_reduce, all_gather,
                             reduce_scatter and send_recv; bandwidth is the bus bandwidth of a ring
@@ -65,6 +71,7 @@ class Hardware:
     gemm_table: list = field(default_factory=list)        # [[m, n, k, flop_per_s], ...]
     attention: dict = field(default_factory=dict)         # "<impl>/<family>" -> {head_dim, points}
     attention_efficiency: float = 0.5                     # fraction of peak where attention has no entry
+    memory_table: list = field(default_factory=list)      # [[tensor_bytes, bytes_per_s], ...]
     links: dict = field(default_factory=dict)             # "intra" | "inter" -> {collective: Link}
 
     @property
@@ -95,18 +102,29 @@ class Hardware:
             total += w * math.log(rate)
         return math.exp(total / weights)
 
-    def attention_time(self, impl: str, family: str, seq_len: int, pairs: float, head_dim: int) -> float:
+    def attention_time(self, impl: str, family: str, seq_len: int, pairs: float, head_dim: int,
+                       batch_heads: float = 1.0) -> float:
         """Seconds of forward+backward attention over ``pairs`` (batch x heads x (query, key) pairs)
-        for queries of ``seq_len``, at ``head_dim``: the measured cost per pair at the nearest lengths
-        (interpolated in log length, held at the ends), scaled by the head dim."""
+        for queries of ``seq_len`` in ``batch_heads`` (batch x heads) rows, at ``head_dim``: the
+        measured cost per pair interpolated in log length at each measured batch x heads, then in log
+        batch x heads (held at the ends of both), scaled by the head dim."""
         entry = self.attention.get(f"{impl}/{family}")
         if not entry or not entry.get("points"):  # unmeasured: FLOPs (QK^T and PV, x3 for training) at the assumed efficiency
             return 3 * 4 * pairs * head_dim / (self.peak_flops * self.attention_efficiency)
-        return _interp_log(entry["points"], seq_len) * pairs * head_dim / entry["head_dim"]
+        rows = {}
+        for n, bh, seconds in entry["points"]:
+            rows.setdefault(bh, []).append([n, seconds])
+        per_pair = _interp_log([[bh, _interp_log(pts, seq_len)] for bh, pts in rows.items()], batch_heads)
+        return per_pair * pairs * head_dim / entry["head_dim"]
 
-    def memory_time(self, nbytes: float, ops: int = 0) -> float:
-        """Seconds to stream ``nbytes`` through memory in ``ops`` elementwise operators."""
-        return nbytes / self.memory_bandwidth + ops * self.op_overhead_s
+    def memory_time(self, nbytes: float, ops: int = 0, tensor_bytes: float = 0.0) -> float:
+        """Seconds to stream ``nbytes`` through memory in ``ops`` elementwise operators on tensors of
+        about ``tensor_bytes`` each (the memory table's bandwidth at that size, interpolated in log
+        size and held at the ends; memory_bandwidth without a table or a size)."""
+        bandwidth = self.memory_bandwidth
+        if self.memory_table and tensor_bytes > 0:
+            bandwidth = _interp_log(self.memory_table, tensor_bytes)
+        return nbytes / bandwidth + ops * self.op_overhead_s
 
     def collective_time(self, kind: str, nbytes: float, ranks: int, inter_node: bool = False) -> float:
         """Seconds of one ring collective over ``ranks`` on the tensor of ``nbytes`` each rank holds
@@ -131,7 +149,7 @@ class Hardware:
     def to_json(self) -> dict:
         out = {k: getattr(self, k) for k in ("name", "calibrated", "source", "device", "compute_dtype",
                                              "peak_flops", "memory_bytes", "runtime_bytes", "memory_bandwidth",
-                                             "op_overhead_s", "processes_per_node", "attention_efficiency")}
+                                             "op_overhead_s", "processes_per_node", "attention_efficiency", "memory_table")}
         out["gemm"] = {"efficiency": self.gemm_efficiency, "table": self.gemm_table}
         out["attention"] = self.attention
         out["links"] = {level: {kind: vars(link) for kind, link in kinds.items()} for level, kinds in self.links.items()}
@@ -173,7 +191,7 @@ def from_json(data: dict, where: str = "profile") -> Hardware:
             links[level][kind] = Link(float(link["latency_s"]), float(link["bandwidth"]))
     gemm = data.get("gemm", {})
     keys = ("calibrated", "source", "device", "compute_dtype", "runtime_bytes", "op_overhead_s",
-            "processes_per_node", "attention_efficiency")
+            "processes_per_node", "attention_efficiency", "memory_table")
     return Hardware(name=data["name"], peak_flops=float(data["peak_flops"]), memory_bytes=float(data["memory_bytes"]),
                     memory_bandwidth=float(data["memory_bandwidth"]),
                     gemm_efficiency=float(gemm.get("efficiency", 0.7)), gemm_table=list(gemm.get("table", [])),

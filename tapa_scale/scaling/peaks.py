@@ -68,15 +68,16 @@ def measure_matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 0.5)
     return best
 
 
-def cpu_peak(dtype: torch.dtype, cache: Path | None = None) -> float:
-    """The machine's measured matmul peak in FLOP/s for ``dtype`` (measured on first use, then cached)."""
+def cpu_peak(dtype: torch.dtype, cache: Path | None = None, refresh: bool = False) -> float:
+    """The machine's measured matmul peak in FLOP/s for ``dtype`` (measured on first use, then cached;
+    ``refresh``: measured again and the cache updated, as a calibration does)."""
     cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tapa_scale" / "matmul_peak.json"
     key = f"{_cpu_name()}|threads={torch.get_num_threads()}|{str(dtype).removeprefix('torch.')}|torch {torch.__version__}"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if key not in known:
+    if key not in known or refresh:
         known[key] = measure_matmul_peak(dtype)
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

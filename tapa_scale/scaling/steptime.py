@@ -8,10 +8,12 @@ on the rank, ``s/cp`` per sequence; GEMMs see all ``t`` even under sequence para
                   the profile's GEMM table; the output layer on the last stage (its forward once more
                   when the loss is computed in pieces)
     attention     the profile's measured cost per (query, key) pair for the implementation and family
-                  at the local query length, over batch x local heads x causal pairs / cp
+                  at the local query length and batch x local heads, over batch x local heads x
+                  causal pairs / cp
     memory_bound  elementwise traffic (norms, residual adds, SwiGLU, layout copies, rotary, the loss'
-                  softmax, the embedding gradient) at the profile's bandwidth, plus a fixed cost per
-                  operator
+                  softmax, the embedding gradient) at the profile's bandwidth for tensors of their
+                  size (a layer's: the mean of the residual-stream and SwiGLU widths; the loss': the
+                  logits), plus a fixed cost per operator
     tp_comm       per layer two all-reduces of t x d forward and two backward; with sequence
                   parallelism two all-gathers and two reduce-scatters forward, two reduce-scatters and
                   four all-gathers backward (the input is gathered again for the weight gradient)
@@ -80,11 +82,12 @@ def _stage_microbatch(shape: Shape, lay: Layout, hw, stage: int, inter: dict) ->
                  + _linear(hw, t, d, 2 * f / lay.tp, fwd) + _linear(hw, t, f / lay.tp, d, fwd))
     pairs = lay.micro_batch * shape.num_heads / lay.tp * shape.seq_len * (shape.seq_len + 1) / 2 / lay.cp
     impl = attention_impl(shape, hw.device)
-    attn = hw.attention_time(impl, shape.family, int(n), pairs, hd) * (4 / 3 if fwd == 2 else 1)
+    attn = hw.attention_time(impl, shape.family, int(n), pairs, hd, lay.micro_batch * shape.num_heads / lay.tp) \
+        * (4 / 3 if fwd == 2 else 1)
     sp = lay.tp if lay.sequence_parallel else 1
     rotary = 6 * a * (q + kv) if shape.encoding in ("rope", "pi", "yarn", "llama3") else 0
     elem_fwd = (48 * d + 24 * d) / sp + 5 * a * f / lay.tp + 2 * a * (q + 2 * kv) + 2 * a * q + rotary
-    mem = hw.memory_time(t * elem_fwd * (2 + fwd), OPS_PER_LAYER * (2 + fwd) // 3)
+    mem = hw.memory_time(t * elem_fwd * (2 + fwd), OPS_PER_LAYER * (2 + fwd) // 3, t * a * (d / sp + 2 * f / lay.tp) / 3)
     parts["gemm"] += layers * per_layer
     parts["attention"] += layers * attn
     parts["memory_bound"] += layers * mem
@@ -114,7 +117,7 @@ def _stage_microbatch(shape: Shape, lay: Layout, hw, stage: int, inter: dict) ->
         parts["pp_comm"] += 2 * lay.vpp * hw.collective_time("send_recv", t / sp * d * a, 2, inter["pp"])
 
     if stage == 0:  # embedding: its gradient lands in a V x d buffer
-        parts["memory_bound"] += hw.memory_time(3 * t * d * 4, 4)
+        parts["memory_bound"] += hw.memory_time(3 * t * d * 4, 4, t * d * 4)
         if lay.tp > 1:
             kind = "reduce_scatter" if lay.sequence_parallel else "all_reduce"
             parts["tp_comm"] += 2 * hw.collective_time(kind, msg, lay.tp, inter["tp"])
@@ -122,7 +125,7 @@ def _stage_microbatch(shape: Shape, lay: Layout, hw, stage: int, inter: dict) ->
         vocab = shape.vocab_size / lay.tp
         pieces_recomputed = 2 if t > LOSS_CHUNK_TOKENS else 1
         parts["gemm"] += _linear(hw, t, d, vocab, pieces_recomputed)
-        parts["memory_bound"] += hw.memory_time(t * 4 * vocab * 5 + t * 16 * d, 12)
+        parts["memory_bound"] += hw.memory_time(t * 4 * vocab * 5 + t * 16 * d, 12, t * 4 * vocab)
         if lay.tp > 1:
             kind = "all_gather" if lay.sequence_parallel else "all_reduce"
             parts["tp_comm"] += 2 * hw.collective_time(kind, msg, lay.tp, inter["tp"]) \
@@ -154,5 +157,6 @@ def step_time(shape: Shape, lay: Layout, hw) -> StepTime:
         comm += hw.collective_time("all_reduce", 4 * shape.vocab_size * shape.hidden_size / lay.tp, 2, inter["pp"])
     parts["dp_comm"] = comm
     tensors = 6 * shape.num_layers / lay.pp + 3
-    parts["optimizer"] = hw.memory_time(OPTIMIZER_BYTES * params / shard, int(OPTIMIZER_OPS * tensors))
+    parts["optimizer"] = hw.memory_time(OPTIMIZER_BYTES * params / shard, int(OPTIMIZER_OPS * tensors),
+                                         4 * params / shard / tensors)
     return StepTime(parts)

@@ -61,9 +61,10 @@ def test_quick_calibration_is_a_complete_profile(quick):
 
     assert set(again.attention) == {"reference/tapa", "reference/dot"}
     for entry in again.attention.values():
-        assert entry["head_dim"] == 64
-        assert [n for n, _ in entry["points"]] == list(cal.QUICK_ATTENTION_LENGTHS)
-        assert all(seconds > 0 for _, seconds in entry["points"])
+        head_dim, rows = cal.QUICK_ATTENTION
+        assert entry["head_dim"] == head_dim
+        assert [p[:2] for p in entry["points"]] == [[n, b * h] for b, h, lengths in rows for n in lengths]
+        assert all(seconds > 0 for _, _, seconds in entry["points"])
 
     assert set(again.links) == {"intra", "inter"}
     for level in again.links.values():

@@ -121,3 +121,20 @@ def test_profile_errors_name_the_key(tmp_path):
                    "links": {"intra": {"all_reduce": {"latency_s": 0}}}})
     hw = cpu_hw()
     assert from_json(json.loads(json.dumps(hw.to_json()))).to_json() == hw.to_json()
+
+
+def test_measured_tables_are_interpolated_in_log_size_and_held_at_the_ends():
+    # attention: [N, batch x heads, s/pair]; memory: [tensor bytes, B/s]
+    hw = cpu_hw(attention={"reference/tapa": {"head_dim": 64, "points": [[128, 4, 1e-7], [512, 4, 3e-7],
+                                                                          [128, 64, 4e-7]]}},
+                memory_table=[[1e4, 4e10], [1e6, 1e10]])
+    per_pair = lambda n, bh, hd=64: hw.attention_time("reference", "tapa", n, 1.0, hd, bh)  # noqa: E731
+    assert per_pair(128, 4) == pytest.approx(1e-7) and per_pair(512, 4) == pytest.approx(3e-7)
+    assert per_pair(256, 4) == pytest.approx(2e-7)                 # halfway in log N
+    assert per_pair(128, 16) == pytest.approx(2.5e-7)              # halfway in log batch x heads
+    assert per_pair(512, 64) == pytest.approx(4e-7)                # held beyond the measured lengths
+    assert per_pair(128, 1) == pytest.approx(1e-7) and per_pair(128, 4, hd=32) == pytest.approx(5e-8)
+    assert hw.memory_time(1e6, tensor_bytes=1e5) == pytest.approx(1e6 / 2.5e10)
+    assert hw.memory_time(1e6, tensor_bytes=1e8) == pytest.approx(1e6 / 1e10)
+    assert hw.memory_time(1e6) == pytest.approx(1e6 / 1e10)         # no size: the streaming bandwidth
+    assert from_json(json.loads(json.dumps(hw.to_json()))) == hw

@@ -43,6 +43,30 @@ def test_a_run_past_its_timeout_is_killed(tmp_path):
     assert m["error"] == "exit timeout" and m["wall_s"] < 30
 
 
+FAKE_TRAINER = """
+import json, os, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+run = Path(args["run.dir"])
+live = os.environ.get("MALLOC_MMAP_THRESHOLD_") == "131072"
+rows = [{"step": s, "step_time_s": 1.0, "time_forward_backward_s": 1.0, "peak_memory_gb": 2.0 if live else 3.0}
+        for s in range(1, int(args["train.steps"]) + 1)]
+(run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
+(run / "accounting.json").write_text(json.dumps({"vocab_size": 8192}))
+(run / "steps").write_text(args["train.steps"])
+"""
+
+
+def test_the_memory_pass_reruns_with_every_large_allocation_mapped(tmp_path):
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    spec = RunSpec(name="fake", config="configs/tiny.yaml")
+    m = measure(spec, tmp_path, steps=8, log_every=2, timeout_s=60, common=[], launcher=f"{sys.executable} {script}",
+                log=lambda *_: None, memory_pass=True, keep=True)
+    assert m["peak_memory_gb"] == 2.0 and m["peak_rss_default_heap_gb"] == 3.0 and m["step_time_s"] == 1.0
+    assert (tmp_path / "live_bytes" / "fake" / "steps").read_text() == "3"
+
+
 def test_plan_command_line(tmp_path):
     out = tmp_path / "plan.json"
     run = lambda *a: subprocess.run([sys.executable, "tools/scaling_study.py", "plan", *a], cwd=ROOT,  # noqa: E731
