@@ -10,6 +10,9 @@
 #   train_8k.json      end-to-end training of the 125m model at 8192 tokens on one GPU, TAPA (fused kernel)
 #                      and RoPE (SDPA) side by side: tokens/s, MFU (causal and non-causal), peak memory and
 #                      the step-time breakdown; needs megatron-core (carried as wheels), skipped without it
+#   cost_model/        the cost model on this GPU: hardware_gpu.json (calibrated: GEMMs, attention of the
+#                      Triton kernel and SDPA, bandwidth, runtime; links copied from the shipped profile) and
+#                      validation.json + PNGs (configs/sweeps/gpu_validation.yaml, predicted vs measured)
 #   bench_cos.json     the same at 16k with the accurate (libdevice) cos/sin, to price the fast path
 #   sweep.json         tile configurations per kernel at 16k (best ones go into default_configs)
 #   eval_125m.json     the long-context evaluation of a 125m TAPA model (two training steps at 8k, then
@@ -116,6 +119,13 @@ sharded tests_gpu 150 30 --gpu-only
 step numerics 60 20 "$PY" -m tests.ops.test_tapa_triton --numerics "$RES/numerics.json"
 step bench 200 60 "$PY" tools/bench_attention.py --max-seconds 170 --json "$RES/bench.json"
 step train_8k 110 60 "$PY" tools/gpu_train_compare.py --seq-len 8192 --json "$RES/train_8k.json"
+step cost_model 150 60 bash -c '
+    "$0" -c "import megatron.core" || { echo "megatron-core missing: skipped"; exit 3; }
+    mkdir -p "$1/cost_model" && links=$("$0" -c "import torch; print(\"h200\" if \"H200\" in torch.cuda.get_device_name() else \"h100_sxm\")") &&
+    "$0" tools/scaling_study.py calibrate --device cuda --dtype bf16 --processes 1 --links-from "$links" \
+        --out "$1/cost_model/hardware_gpu.json" &&
+    "$0" tools/scaling_study.py sweep --sweep configs/sweeps/gpu_validation.yaml --hardware "$1/cost_model/hardware_gpu.json" \
+        --json "$1/cost_model/validation.json" --plots "$1/cost_model"' "$PY" "$RES"
 step bench_cos 60 30 "$PY" tools/bench_attention.py --lengths 16384 --methods tapa_triton,tapa_triton_accurate_cos \
     --max-seconds 50 --json "$RES/bench_cos.json"
 step sweep 100 45 "$PY" tools/bench_attention.py --sweep --lengths 16384 --max-seconds 85 --json "$RES/sweep.json"

@@ -64,7 +64,7 @@ def cmd_calibrate(args) -> int:
     from tapa_scale.scaling.calibrate import calibrate
 
     hw = calibrate(device=args.device, dtype=args.dtype, threads=args.threads, processes=args.processes,
-                   quick=args.quick, name=args.name)
+                   quick=args.quick, name=args.name, links_from=args.links_from)
     hw.save(args.out)
     print(f"wrote {args.out}")
     return 0
@@ -139,6 +139,7 @@ def cmd_sweep(args) -> int:
             shape = shape_of(cfg.model, cfg.data.seq_len, m.get("vocab_size") or vocab_of(cfg))
             lay = layout_of(cfg, m["nproc"])
             rows.append({**compare(m, shape, lay, hw), "tokens_per_step": lay.global_batch * shape.seq_len,
+                         "seq_len": shape.seq_len,
                          "measured": m})
         result = {"hardware": hw.name, "calibrated": hw.calibrated, "runs": rows, "summary": summary(rows)}
         out.write_text(json.dumps(result, indent=1) + "\n")
@@ -187,6 +188,7 @@ def main(argv=None) -> int:
     c.add_argument("--processes", type=int, default=2)
     c.add_argument("--quick", action="store_true")
     c.add_argument("--name", default="")
+    c.add_argument("--links-from", default="", help="with --processes 1 (one GPU): copy this profile's links")
     a = sub.add_parser("anchors", help="predictions for published throughput figures")
     a.add_argument("--hardware", default="h100_sxm")
     a.add_argument("--json", default="")

@@ -22,22 +22,20 @@ for about a millisecond so that the clock resolves it.
   under PositionalEncoding "tapa" (family tapa) or "rope" (family dot), at the batch B, heads H (query
   and key/value) and lengths N of `ATTENTION` (CPU: head dim 64, B x H = 4 and 32; CUDA: head dim 128,
   B x H = 4, 32 and 128); each gives [N, B H, seconds / (B H N (N + 1) / 2)], the cost of one
-  (query, key) pair.
+  (query, key) pair. On CUDA only the kernels a GPU run uses: the Triton TAPA kernel and SDPA.
 - runtime_bytes: CPU: `trainer_runtime`, the real trainer on a negligible model (`PROBE_MODEL`) for
   two steps, its peak resident set less the tensors the cost model counts for it (quick mode: the
   import probe below); CUDA: a fresh interpreter imports torch, megatron.core and
   tapa_scale.train.loop, joins a one-process group and runs one NCCL all_reduce: device bytes in use
   (total - free) less those in use before it started.
-- links.intra: ``processes`` spawned ranks (one thread each; gloo on CPU, nccl on CUDA) time each
-  collective on float32 messages of 2^12 .. 2^24 bytes as parallel/context_parallel.py issues it (gloo:
-  all_gather into a list of views, reduce_scatter as an all_reduce of a copy of the input); a barrier
-  precedes each timed call, the slowest rank's time counts, send_recv is half a round trip between
-  ranks 0 and 1. `fit_latency_bandwidth` fits the ring model of `Hardware.collective_time`,
-      send_recv t = lat + bytes / bw,  all_reduce t = 2(r-1) lat + 2(r-1)/r bytes / bw,
-      all_gather, reduce_scatter t = (r-1) lat + (r-1)/r bytes / bw,
-  by least squares weighted by 1 / t. links.inter copies links.intra: inter-node links are not measured.
+- node_slowdown (CPU, not in quick mode): an operator mix timed in ``processes`` processes at once
+  over alone (scaling/contention.py); 1 on CUDA.
+- links.intra: all_reduce, all_gather, reduce_scatter and send_recv over ``processes`` ranks on
+  messages of 2^12 .. 2^24 bytes, fitted to latency + bandwidth (scaling/links.py). links.inter copies
+  links.intra: inter-node links are not measured.
 
-Collectives need at least two processes: ``processes < 2`` is refused. Quick mode (small grids and
+Collectives need at least two processes: ``processes=1`` (a single GPU) is refused unless
+``links_from`` names a profile whose links are copied unmeasured. Quick mode (small grids and
 messages; on CPU the runtime probe runs alongside the rest) is a smoke test, not a calibration.
 """
 from __future__ import annotations
@@ -45,23 +43,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import peaks
-from .hardware import COLLECTIVES, Hardware, Link
+from .hardware import Hardware, Link, load_hardware
+from .contention import measure_node_slowdown
+from .links import measure_links
+from .timing import best_seconds, per_call, sync_of
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEVICES = ("cpu", "cuda")
@@ -82,74 +79,14 @@ LINK_SIZES, QUICK_LINK_SIZES = tuple(2 ** i for i in range(12, 25)), tuple(2 ** 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _coefficients(kind: str, ranks: int) -> tuple[float, float]:
-    """(a, c) of the ring model t = a * latency + c * bytes / bandwidth (Hardware.collective_time)."""
-    if kind == "send_recv":
-        return 1.0, 1.0
-    steps = 2 * (ranks - 1) if kind == "all_reduce" else ranks - 1
-    return float(steps), steps / ranks
-
-
-def fit_latency_bandwidth(kind: str, ranks: int, points: list[tuple[float, float]]) -> Link:
-    """Latency (>= 0) and bus bandwidth of ``kind`` over ``ranks`` from (nbytes, seconds) points.
-
-    Least squares of (model - seconds)^2 / seconds: between absolute errors (the large messages alone
-    set both terms) and relative ones (the many latency-bound small messages pull the bandwidth off
-    the large ones). A negative latency is refitted at 0; where time does not grow with size the
-    bandwidth is the bound that the largest message gives."""
-    if kind not in COLLECTIVES:
-        raise ValueError(f"collective must be one of {COLLECTIVES}, got {kind!r}")
-    if ranks < 2:
-        raise ValueError(f"a collective needs ranks >= 2, got {ranks}")
-    pts = [(float(b), float(t)) for b, t in points if b > 0 and t > 0]
-    if len({b for b, _ in pts}) < 2:
-        raise ValueError(f"{kind}: fitting latency and bandwidth needs positive times at >= 2 distinct sizes, "
-                         f"got {points!r}")
-    a, c = _coefficients(kind, ranks)
-    nbytes, seconds = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-    weight = seconds ** -0.5
-    design, target = np.stack([np.full_like(nbytes, a), c * nbytes], axis=1) * weight[:, None], seconds * weight
-    scale = np.linalg.norm(design, axis=0)  # columns of one size: the solve is well conditioned
-    latency, inverse_bw = (float(x) for x in np.linalg.lstsq(design / scale, target, rcond=None)[0] / scale)
-    if latency < 0:
-        column = design[:, 1]
-        latency, inverse_bw = 0.0, float(column @ target / (column @ column))
-    if inverse_bw <= 0:
-        largest = int(np.argmax(nbytes))
-        inverse_bw = seconds[largest] / (c * nbytes[largest])
-        latency = max(0.0, float(np.mean((seconds - c * nbytes * inverse_bw) / a)))
-    return Link(latency_s=latency, bandwidth=1.0 / inverse_bw)
-
-
-def _sync(device: str):
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-
-def _per_call(fn, sync, calls: int = 1) -> float:
-    """Seconds per call of ``calls`` back-to-back calls of fn (finished on the device)."""
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / calls
-
-
-def _best_seconds(fn, sync, reps: int, target_s: float = 1e-3) -> float:
-    """Minimum over ``reps`` of the seconds per call of fn, after two warm-up calls; each repetition
-    loops enough calls to last about ``target_s``."""
-    _per_call(fn, sync)
-    inner = min(1000, max(1, int(target_s / max(_per_call(fn, sync), 1e-9))))
-    return min(_per_call(fn, sync, inner) for _ in range(reps))
-
-
 def measure_gemm(device: str, dtype: torch.dtype, grid, reps: int) -> tuple[list, float, int]:
     """(full-grid table [[m, n, k, flop_per_s], ...], best timed rate, shapes timed)."""
     ms, ns, ks, cap = grid
-    sync, timed = _sync(device), {}
+    sync, timed = sync_of(device), {}
     for m, n, k in itertools.product(ms, ns, ks):
         if 2 * m * n * k <= cap:
             a, b = torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
-            timed[(m, n, k)] = 2 * m * n * k / _best_seconds(lambda: a @ b, sync, reps)
+            timed[(m, n, k)] = 2 * m * n * k / best_seconds(lambda: a @ b, sync, reps)
     if not timed:
         raise ValueError(f"no GEMM shape of the grid fits the cap of {cap:g} FLOPs")
     largest = max(timed, key=lambda s: s[0] * s[1] * s[2])
@@ -161,17 +98,17 @@ def measure_gemm(device: str, dtype: torch.dtype, grid, reps: int) -> tuple[list
 def measure_memory(device: str, numel: int, reps: int, calls: int, sizes) -> tuple[float, float, list]:
     """(bytes/s of an elementwise add into a given output, median seconds of one tiny add, the table
     [[tensor bytes, bytes/s], ...] of ``a + b`` allocating its output at each of ``sizes`` elements)."""
-    sync = _sync(device)
+    sync = sync_of(device)
     a, b, c = (torch.rand(numel, device=device) for _ in range(3))
-    bandwidth = 3 * numel * a.element_size() / _best_seconds(lambda: torch.add(a, b, out=c), sync, reps)
+    bandwidth = 3 * numel * a.element_size() / best_seconds(lambda: torch.add(a, b, out=c), sync, reps)
     table = []
     for n in sizes:
         x, y = torch.rand(n, device=device), torch.rand(n, device=device)
-        table.append([4 * n, 12 * n / _best_seconds(lambda: x + y, sync, reps)])
+        table.append([4 * n, 12 * n / best_seconds(lambda: x + y, sync, reps)])
     x, y = torch.ones(1, device=device), torch.ones(1, device=device)
     block = 100 if device == "cuda" else 1  # on CUDA: launch cost, not a synchronisation per call
-    _per_call(lambda: torch.add(x, y), sync, block)
-    overhead = statistics.median(_per_call(lambda: torch.add(x, y), sync, block) for _ in range(calls // block))
+    per_call(lambda: torch.add(x, y), sync, block)
+    overhead = statistics.median(per_call(lambda: torch.add(x, y), sync, block) for _ in range(calls // block))
     return bandwidth, overhead, table
 
 
@@ -181,8 +118,9 @@ def measure_attention(device: str, dtype: torch.dtype, shapes, reps: int, log) -
     from ..ops.attention import PositionalEncoding, attention, triton_unavailable_reason
 
     head_dim, rows = shapes
-    entries, sync = {}, _sync(device)
-    cases = [("reference", "tapa", "reference"), ("reference", "dot", "reference")]  # (entry impl, family, impl=)
+    entries, sync = {}, sync_of(device)
+    # (entry impl, family, impl=); on CUDA the kernels a GPU run uses (the reference is not measured there)
+    cases = [] if device == "cuda" else [("reference", "tapa", "reference"), ("reference", "dot", "reference")]
     if device == "cuda":
         reason = triton_unavailable_reason(torch.empty(1, 4, 64, head_dim, device=device, dtype=dtype))
         cases += [("triton", "tapa", "triton")] if reason is None else []
@@ -201,7 +139,7 @@ def measure_attention(device: str, dtype: torch.dtype, shapes, reps: int, log) -
                     q.grad = k.grad = v.grad = None
                     attention(q, k, v, encoding, impl=impl_arg).sum().backward()
 
-                points.append([n, batch * heads, _best_seconds(step, sync, reps) / (batch * heads * n * (n + 1) / 2)])
+                points.append([n, batch * heads, best_seconds(step, sync, reps) / (batch * heads * n * (n + 1) / 2)])
         entries[f"{impl}/{family}"] = {"head_dim": head_dim, "points": points}
         log(f"attention {impl}/{family}: " + ", ".join(f"N={n} BH={bh} {s:.3g} s/pair" for n, bh, s in points))
     return entries
@@ -268,87 +206,16 @@ def _device_bytes_used() -> float:
     return float(total - free)
 
 
-def _collective(kind: str, nbytes: int, rank: int, world: int, device: torch.device, nccl: bool):
-    """(a call issuing the collective on about ``nbytes``, the bytes it moves per rank)."""
-    per = max(1, nbytes // 4 // world)
-    if kind == "all_reduce":
-        x = torch.ones(per * world, device=device)
-        return (lambda: dist.all_reduce(x)), x.numel() * 4
-    if kind == "all_gather":
-        x, out = torch.ones(per, device=device), torch.empty(world, per, device=device)
-        if nccl:
-            return (lambda: dist.all_gather_into_tensor(out, x)), out.numel() * 4
-        return (lambda: dist.all_gather(list(out.unbind(0)), x)), out.numel() * 4
-    if kind == "reduce_scatter":
-        x = torch.ones(world, per, device=device)
-        if nccl:
-            out = torch.empty(per, device=device)
-            return (lambda: dist.reduce_scatter_tensor(out, x)), x.numel() * 4
-        return (lambda: dist.all_reduce(x.clone())), x.numel() * 4  # gloo has no reduce-scatter
-    x = torch.ones(max(1, nbytes // 4), device=device)
-
-    def round_trip():
-        if rank == 0:
-            dist.send(x, 1)
-            dist.recv(x, 1)
-        elif rank == 1:
-            dist.recv(x, 0)
-            dist.send(x, 0)
-    return round_trip, x.numel() * 4
-
-
-def _link_worker(rank: int, world: int, port: int, device: str, sizes, reps: int, out_path: str) -> None:
-    torch.set_num_threads(1)
-    nccl = device == "cuda"
-    if nccl:
-        torch.cuda.set_device(rank)
-    where = torch.device("cuda", rank) if nccl else torch.device("cpu")
-    dist.init_process_group("nccl" if nccl else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(minutes=5), device_id=where if nccl else None)
-    sync = _sync(device)
-    seconds = torch.zeros(len(COLLECTIVES), len(sizes), reps, dtype=torch.float64)
-    moved = {}
-    for (i, kind), (j, nbytes) in itertools.product(enumerate(COLLECTIVES), enumerate(sizes)):
-        call, moved[kind, j] = _collective(kind, nbytes, rank, world, where, nccl)
-        _per_call(call, sync)  # warm-up
-        for r in range(reps):
-            dist.barrier()
-            sync()
-            seconds[i, j, r] = _per_call(call, sync) / (2 if kind == "send_recv" else 1)
-    slowest = seconds.to(where)
-    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-    if rank == 0:
-        best = slowest.cpu().amin(dim=2)
-        Path(out_path).write_text(json.dumps({kind: [[moved[kind, j], float(best[i, j])] for j in range(len(sizes))]
-                                              for i, kind in enumerate(COLLECTIVES)}))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def measure_links(device: str, processes: int, sizes, reps: int) -> dict:
-    """{collective: Link} fitted from the timings of ``processes`` spawned ranks."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "links.json"
-        torch.multiprocessing.spawn(_link_worker, args=(processes, _free_port(), device, tuple(sizes), reps, str(out)),
-                                    nprocs=processes, join=True)
-        points = json.loads(out.read_text())
-    return {kind: fit_latency_bandwidth(kind, processes, points[kind]) for kind in COLLECTIVES}
-
-
-def _check(device: str, dtype: str, threads: int, processes: int) -> None:
+def _check(device: str, dtype: str, threads: int, processes: int, links_from: str) -> None:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    if processes < 2:
-        raise ValueError(f"processes={processes}: measuring collectives needs at least 2 processes")
+    if processes < 1 or (processes == 1 and not links_from):
+        raise ValueError(f"processes={processes}: measuring collectives needs at least 2 processes "
+                         f"(or 1 with links_from, a profile whose links are copied)")
     if device == "cuda" and processes > torch.cuda.device_count():  # 0 without CUDA
         raise ValueError(f"processes={processes} exceeds the {torch.cuda.device_count()} visible CUDA devices")
 
@@ -363,9 +230,10 @@ def _machine(device: str, threads: int) -> tuple[str, float, int]:
 
 
 def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, processes: int = 2,
-              quick: bool = False, name: str = "", log=print) -> Hardware:
+              quick: bool = False, name: str = "", links_from: str = "", log=print) -> Hardware:
     """Measure this machine (see the module docstring) and return its calibrated profile."""
-    _check(device, dtype, threads, processes)
+    _check(device, dtype, threads, processes, links_from)
+    copied = load_hardware(links_from).links if processes == 1 else None  # a bad name fails before measuring
     compute, cuda, reps = DTYPES[dtype], device == "cuda", 3 if quick else 5
     model, memory, per_node = _machine(device, threads)
     before, threads_before = _device_bytes_used() if cuda else 0.0, torch.get_num_threads()
@@ -388,9 +256,12 @@ def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, pro
         attention = measure_attention(device, compute if cuda else torch.float32,
                                       QUICK_ATTENTION if quick else ATTENTION[device], reps,
                                       lambda line: log(f"calibrate: {line}"))
-        links = measure_links(device, processes, QUICK_LINK_SIZES if quick else LINK_SIZES, 3 if quick else 20)
+        links = copied["intra"] if copied else measure_links(device, processes,
+                                                             QUICK_LINK_SIZES if quick else LINK_SIZES, 3 if quick else 20)
         log("calibrate: links " + ", ".join(f"{k} {v.latency_s:.3g} s + {v.bandwidth:.4g} B/s"
                                             for k, v in links.items()))
+        slowdown = 1.0 if cuda or quick else measure_node_slowdown(min(processes, per_node))
+        log(f"calibrate: node slowdown {slowdown:.3f} with {min(processes, per_node)} processes computing at once")
         runtime = _finish_runtime_probe(probe) - before
         if not (quick or cuda):  # the trainer's own footprint, beyond the imports
             runtime = trainer_runtime(threads)
@@ -403,14 +274,18 @@ def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, pro
     source = (f"calibrated{' (quick mode)' if quick else ''} on {datetime.date.today().isoformat()} on {model} "
               f"with torch {torch.__version__}, {dtype}, {threads} thread(s) per process and {processes} processes "
               f"({'nccl' if cuda else 'gloo'}): peak ({how}), GEMM grid, elementwise bandwidth, op overhead, "
-              f"attention forward+backward, runtime memory and intra-node collectives were measured; inter-node "
-              f"links were not measured and copy the intra-node ones")
+              f"attention forward+backward, runtime memory" + (f" were measured; links were not measured and copy "
+                                                                  f"{links_from}'s" if copied else
+                                                                  " and intra-node collectives were measured; "
+                                                                  "inter-node links were not measured and copy the "
+                                                                  "intra-node ones"))
     return Hardware(name=name or (model.lower().replace(" ", "_") if cuda else f"cpu_t{threads}"),
                     peak_flops=float(peak), memory_bytes=memory, memory_bandwidth=bandwidth, calibrated=True,
                     source=source, device=device, compute_dtype=dtype, runtime_bytes=float(runtime),
                     op_overhead_s=overhead, processes_per_node=per_node, gemm_efficiency=best / peak,
-                    gemm_table=table, attention=attention, memory_table=memory_table,
-                    links={"intra": links, "inter": {k: Link(v.latency_s, v.bandwidth) for k, v in links.items()}})
+                    gemm_table=table, attention=attention, memory_table=memory_table, node_slowdown=slowdown,
+                    links=copied or {"intra": links, "inter": {k: Link(v.latency_s, v.bandwidth)
+                                                               for k, v in links.items()}})
 
 
 def main(argv=None) -> int:
@@ -422,10 +297,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--name", default="", help="profile name (default cpu_t<threads> or the GPU model)")
+    parser.add_argument("--links-from", default="", help="with --processes 1: copy the links of this profile")
     args = parser.parse_args(argv)
     try:
         profile = calibrate(device=args.device, dtype=args.dtype, threads=args.threads, processes=args.processes,
-                            quick=args.quick, name=args.name)
+                            quick=args.quick, name=args.name, links_from=args.links_from)
     except ValueError as e:
         print(f"calibrate: error: {e}", file=sys.stderr)
         return 2

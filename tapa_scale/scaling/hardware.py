@@ -15,6 +15,8 @@ from a datasheet, and where it was measured (``calibrated: true``, written by
                             on CPU a large fresh output is paid in page faults, far below streaming)
     op_overhead_s           fixed cost of one operator (kernel launch, or eager dispatch on CPU)
     processes_per_node      devices (GPUs, or CPU processes) sharing the intra-node links
+    node_slowdown           compute seconds of a process while the node's other processes compute too,
+                            over its seconds alone (CPU cores share caches and memory; 1 on GPUs)
     gemm.efficiency         achieved fraction of peak_flops for shapes outside the table
     gemm.table              [[m, n, k, flop_per_s], ...]: measured C[m,n] = A[m,k] @ B[k,n]
     attention.<impl>/<family>
@@ -72,6 +74,7 @@ class Hardware:
     attention: dict = field(default_factory=dict)         # "<impl>/<family>" -> {head_dim, points}
     attention_efficiency: float = 0.5                     # fraction of peak where attention has no entry
     memory_table: list = field(default_factory=list)      # [[tensor_bytes, bytes_per_s], ...]
+    node_slowdown: float = 1.0                            # compute with the whole node busy / alone
     links: dict = field(default_factory=dict)             # "intra" | "inter" -> {collective: Link}
 
     @property
@@ -149,7 +152,7 @@ class Hardware:
     def to_json(self) -> dict:
         out = {k: getattr(self, k) for k in ("name", "calibrated", "source", "device", "compute_dtype",
                                              "peak_flops", "memory_bytes", "runtime_bytes", "memory_bandwidth",
-                                             "op_overhead_s", "processes_per_node", "attention_efficiency", "memory_table")}
+                                             "op_overhead_s", "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown")}
         out["gemm"] = {"efficiency": self.gemm_efficiency, "table": self.gemm_table}
         out["attention"] = self.attention
         out["links"] = {level: {kind: vars(link) for kind, link in kinds.items()} for level, kinds in self.links.items()}
@@ -191,7 +194,7 @@ def from_json(data: dict, where: str = "profile") -> Hardware:
             links[level][kind] = Link(float(link["latency_s"]), float(link["bandwidth"]))
     gemm = data.get("gemm", {})
     keys = ("calibrated", "source", "device", "compute_dtype", "runtime_bytes", "op_overhead_s",
-            "processes_per_node", "attention_efficiency", "memory_table")
+            "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown")
     return Hardware(name=data["name"], peak_flops=float(data["peak_flops"]), memory_bytes=float(data["memory_bytes"]),
                     memory_bandwidth=float(data["memory_bandwidth"]),
                     gemm_efficiency=float(gemm.get("efficiency", 0.7)), gemm_table=list(gemm.get("table", [])),

@@ -22,7 +22,8 @@ on the rank, ``s/cp`` per sequence; GEMMs see all ``t`` even under sequence para
                   their gradients backward, hidden behind the block's attention where that is longer
     pp_comm       one activation forward and one gradient backward per model chunk
 
-Per step: ``m`` micro-batches of those, the bubble ``(p - 1) / v`` micro-batch times (Narayanan et
+Compute parts are multiplied by the profile's ``node_slowdown`` when more than one process of a node
+is busy (CPU processes share caches and memory bandwidth). Per step: ``m`` micro-batches of those, the bubble ``(p - 1) / v`` micro-batch times (Narayanan et
 al.), the gradient reduction over data x context ranks (exposed unless overlap_grad_reduce; the
 distributed optimizer reduce-scatters gradients and all-gathers parameters instead) and the optimizer
 (AdamW's passes over its elements). Full recomputation adds one forward of every layer.
@@ -138,6 +139,9 @@ def step_time(shape: Shape, lay: Layout, hw) -> StepTime:
     inter = _groups_inter_node(lay, hw.processes_per_node)
     stages = [_stage_microbatch(shape, lay, hw, s, inter) for s in sorted({0, lay.pp - 1})]
     slowest = max(stages, key=lambda p: sum(p.values()))
+    shared = hw.node_slowdown if min(lay.world, hw.processes_per_node) > 1 else 1.0  # CPU cores share a node
+    for k in ("gemm", "attention", "memory_bound"):
+        slowest[k] *= shared
     m = lay.microbatches
     parts = {k: m * v for k, v in slowest.items()}
     parts["bubble"] = (lay.pp - 1) / lay.vpp * sum(slowest.values())
@@ -157,6 +161,6 @@ def step_time(shape: Shape, lay: Layout, hw) -> StepTime:
         comm += hw.collective_time("all_reduce", 4 * shape.vocab_size * shape.hidden_size / lay.tp, 2, inter["pp"])
     parts["dp_comm"] = comm
     tensors = 6 * shape.num_layers / lay.pp + 3
-    parts["optimizer"] = hw.memory_time(OPTIMIZER_BYTES * params / shard, int(OPTIMIZER_OPS * tensors),
+    parts["optimizer"] = shared * hw.memory_time(OPTIMIZER_BYTES * params / shard, int(OPTIMIZER_OPS * tensors),
                                          4 * params / shard / tensors)
     return StepTime(parts)

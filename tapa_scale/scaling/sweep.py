@@ -193,14 +193,28 @@ def figures(rows: list[dict], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in done:
-        tokens = r.get("tokens_per_step")
-        if tokens:
-            ax.scatter(r["nproc"], tokens / r["step_time_s"], color="C0")
-            ax.scatter(r["nproc"], tokens / r["predicted_step_time_s"], color="C1", marker="x")
-            ax.annotate(r["name"], (r["nproc"], tokens / r["step_time_s"]), fontsize=6)
-    ax.set_xlabel("processes"), ax.set_ylabel("tokens/s (o measured, x predicted)")
+    # strong scaling: a model, length and global batch on more processes; weak: the batch per process fixed
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (title, per) in zip(axes, (("strong scaling (global batch fixed)", 1), ("weak scaling (batch per process fixed)", 0))):
+        groups = {}
+        for r in done:
+            if r.get("tokens_per_step"):
+                size = r["tokens_per_step"] if per else r["tokens_per_step"] / r["nproc"]
+                groups.setdefault((r["config"], r.get("seq_len"), size), []).append(r)
+        for i, ((config, seq_len, _), members) in enumerate(sorted(groups.items(), key=str)):
+            members.sort(key=lambda r: (r["nproc"], r["name"]))
+            if len({r["nproc"] for r in members}) < 2:
+                continue
+            label = f"{Path(config).stem} @ {seq_len}"
+            for key, style in (("step_time_s", "o-"), ("predicted_step_time_s", "x--")):
+                ax.plot([r["nproc"] for r in members], [r["tokens_per_step"] / r[key] for r in members], style,
+                        color=f"C{i % 10}", label=f"{label} {'measured' if style == 'o-' else 'predicted'}")
+            for r in members:
+                ax.annotate(r["name"], (r["nproc"], r["tokens_per_step"] / r["step_time_s"]), fontsize=6)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("processes"), ax.set_ylabel("tokens/s")
+        if ax.lines:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     paths.append(out / "scaling.png")
     fig.savefig(paths[-1], dpi=120)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tapa_scale.scaling import calibrate as cal
+from tapa_scale.scaling.links import fit_latency_bandwidth
 from tapa_scale.scaling.hardware import COLLECTIVES, Hardware, Link, from_json, load_hardware
 
 
@@ -17,22 +18,24 @@ def test_fit_recovers_the_latency_and_bandwidth_of_the_cost_models_collective_ti
     truth = Hardware(name="synthetic", peak_flops=1.0, memory_bytes=1.0, memory_bandwidth=1.0,
                      links={"intra": {k: Link(latency_s=7e-6, bandwidth=3e9) for k in COLLECTIVES}})
     points = [(2.0 ** p, truth.collective_time(kind, 2.0 ** p, ranks)) for p in range(12, 25, 3)]
-    link = cal.fit_latency_bandwidth(kind, ranks, points)
+    link = fit_latency_bandwidth(kind, ranks, points)
     assert link.latency_s == pytest.approx(7e-6, rel=1e-6)
     assert link.bandwidth == pytest.approx(3e9, rel=1e-6)
 
 
 def test_fit_keeps_latency_non_negative_and_refuses_a_single_size():
     # times that extrapolate to a negative latency: refitted at latency 0
-    link = cal.fit_latency_bandwidth("send_recv", 2, [(1e3, 1e-6), (1e6, 2e-3)])
+    link = fit_latency_bandwidth("send_recv", 2, [(1e3, 1e-6), (1e6, 2e-3)])
     assert link.latency_s == 0.0 and link.bandwidth > 0
     with pytest.raises(ValueError, match="2 distinct sizes"):
-        cal.fit_latency_bandwidth("all_reduce", 2, [(4096, 1e-4), (4096, 2e-4)])
+        fit_latency_bandwidth("all_reduce", 2, [(4096, 1e-4), (4096, 2e-4)])
 
 
 def test_calibrate_refuses_one_process_before_measuring():
     with pytest.raises(ValueError, match="at least 2 processes"):
         cal.calibrate(processes=1)
+    with pytest.raises(ValueError, match="hardware 'h900'"):  # one process copies a profile's links: named first
+        cal.calibrate(processes=1, links_from="h900")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def test_command_line_writes_a_profile_that_load_hardware_reads(quick, tmp_path,
     monkeypatch.setattr(cal, "calibrate", measured)
     out = tmp_path / "cpu.json"
     assert cal.main(["--out", str(out), "--quick", "--threads", "1", "--processes", "2", "--name", "here"]) == 0
-    assert asked == dict(device="cpu", dtype="fp32", threads=1, processes=2, quick=True, name="here")
+    assert asked == dict(device="cpu", dtype="fp32", threads=1, processes=2, quick=True, name="here", links_from="")
     assert load_hardware(str(out)) == quick[0]
 
 

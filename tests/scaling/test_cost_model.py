@@ -85,6 +85,17 @@ def test_gemm_time_is_the_flop_formula_at_a_constant_rate():
         assert step_time(shape, lay, hw).parts["gemm"] == pytest.approx(per_stage, rel=1e-9)
 
 
+def test_node_slowdown_scales_compute_only_when_a_node_runs_several_processes():
+    shape = shape_of(ModelConfig(num_layers=2, hidden_size=128, num_heads=4), 256, 1024)
+    base, slow = cpu_hw(), cpu_hw(node_slowdown=1.5)
+    for lay, factor in ((Layout(micro_batch=2, global_batch=4), 1.0), (Layout(dp=2, micro_batch=2, global_batch=4), 1.5),
+                        (Layout(tp=2, micro_batch=2, global_batch=4), 1.5)):
+        a, b = step_time(shape, lay, base).parts, step_time(shape, lay, slow).parts
+        for k in ("gemm", "attention", "memory_bound", "optimizer"):
+            assert b[k] == pytest.approx(factor * a[k]), (lay, k)
+        assert b["tp_comm"] == a["tp_comm"] and b["dp_comm"] == a["dp_comm"]
+
+
 @pytest.mark.parametrize("pp,vpp,m", [(4, 1, 8), (4, 2, 8), (2, 1, 4), (2, 2, 4)])
 def test_bubble_is_narayanans(pp, vpp, m):
     """Bubble time / ideal time = (p - 1) / (v m)."""

@@ -4,7 +4,6 @@ Would catch: a measurement read from the start-up record, step parts that no lon
 run that is not killed, predictions that cannot be set beside a measured run, a bad hardware name
 that surfaces as a traceback."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -67,13 +66,28 @@ def test_the_memory_pass_reruns_with_every_large_allocation_mapped(tmp_path):
     assert (tmp_path / "live_bytes" / "fake" / "steps").read_text() == "3"
 
 
-def test_plan_command_line(tmp_path):
+def test_plan_command_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("scaling_study", ROOT / "tools" / "scaling_study.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.chdir(ROOT)
     out = tmp_path / "plan.json"
-    run = lambda *a: subprocess.run([sys.executable, "tools/scaling_study.py", "plan", *a], cwd=ROOT,  # noqa: E731
-                                    capture_output=True, text=True, timeout=120)
-    ok = run("--config", "configs/llama3_8b_8k.yaml", "--nodes", "2", "--json", str(out), "--vocab", "128256")
-    assert ok.returncode == 0, ok.stderr
+    args = ["plan", "--config", "configs/llama3_8b_8k.yaml", "--nodes", "2", "--json", str(out)]
+    assert tool.main(args + ["--vocab", "128256"]) == 0
     rows = json.loads(out.read_text())["layouts"]
     assert rows and all(r["tp"] * r["pp"] * r["cp"] * r["dp"] == 16 for r in rows)
-    bad = run("--config", "configs/llama3_8b_8k.yaml", "--nodes", "2", "--json", str(out), "--hardware", "h900")
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: hardware 'h900'")
+    capsys.readouterr()
+    assert tool.main(args + ["--hardware", "h900"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: hardware 'h900'")
+
+
+def test_figures_from_rows(tmp_path):
+    from tapa_scale.scaling.sweep import figures
+    row = dict(config="configs/tiny.yaml", seq_len=128, tokens_per_step=4096, counted=True, peak_memory_gb=1.0,
+               predicted_memory_gb=0.9)
+    rows = [dict(row, name="dp1", nproc=1, step_time_s=1.0, predicted_step_time_s=0.9),
+            dict(row, name="dp2", nproc=2, step_time_s=0.6, predicted_step_time_s=0.5)]
+    paths = figures(rows, tmp_path)
+    assert [p.name for p in paths] == ["predicted_vs_measured.png", "scaling.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)

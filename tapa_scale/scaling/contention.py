@@ -1,0 +1,67 @@
+"""How much slower one CPU process computes while the node's other processes compute too.
+
+On a GPU node every device has its own compute and memory; on a CPU node the processes of a run share
+the caches and the memory bus, so an operator timed alone is faster than the same operator in a
+training step of several processes. `measure_node_slowdown` times a mix of a training step's
+operators (the projections and loss GEMMs of a small model, forward + backward attention, allocating
+elementwise operators) in one process alone, then in ``processes`` processes started together, and
+returns the ratio: the cost model multiplies its compute parts by it when a layout runs more than one
+process per node (`Hardware.node_slowdown`; 1 on GPUs).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _mix_seconds(reps: int) -> float:
+    """Best seconds over ``reps`` of one pass of the operator mix, on one thread."""
+    from ..ops.attention import PositionalEncoding, attention
+
+    x, w, out = torch.randn(2048, 128), torch.randn(128, 768), torch.randn(768, 128)
+    logits_w = torch.randn(128, 8192)
+    q, k, v = (torch.randn(8, 4, 256, 32, requires_grad=True) for _ in range(3))
+    a, b = torch.randn(1 << 20), torch.randn(1 << 20)
+    encoding = PositionalEncoding(kind="tapa")
+
+    def once():
+        (x @ w) @ out
+        x @ logits_w
+        attention(q, k, v, encoding, impl="reference").sum().backward()
+        for _ in range(8):
+            a * b + a
+
+    once()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _worker(rank: int, start_at: float, reps: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    while time.time() < start_at:  # every process begins together
+        time.sleep(0.001)
+    (Path(out_dir) / f"{rank}.json").write_text(json.dumps(_mix_seconds(reps)))
+
+
+def _run(processes: int, reps: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.multiprocessing.spawn(_worker, args=(time.time() + 3.0, reps, tmp), nprocs=processes, join=True)
+        return [json.loads((Path(tmp) / f"{r}.json").read_text()) for r in range(processes)]
+
+
+def measure_node_slowdown(processes: int, reps: int = 5) -> float:
+    """Median seconds of the mix with ``processes`` processes at once, over its seconds alone (>= 1)."""
+    if processes < 2:
+        return 1.0
+    alone = _run(1, reps)[0]
+    together = statistics.median(_run(processes, reps))
+    return max(1.0, together / alone)
