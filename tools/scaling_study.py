@@ -152,7 +152,7 @@ def cmd_sweep(args) -> int:
         m = measure(r, Path("runs") / "sweeps" / out.stem, steps=steps, log_every=log_every,
                     timeout_s=float(spec.get("timeout_s", 900)),
                     common=common, launcher=args.launcher or DEFAULT_LAUNCHER, keep=args.keep,
-                    memory_pass=bool(spec.get("memory_pass", False)))
+                    memory_pass=bool(spec.get("memory_pass", False)), host_probe=bool(spec.get("host_probe", False)))
         measured[name] = {**m, "config": r.config, "overrides": r.overrides}
         write()
     result = write()

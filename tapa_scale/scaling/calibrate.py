@@ -4,8 +4,8 @@
                                            [--device cpu|cuda] [--dtype fp32|bf16] [--name NAME]
 
 Each figure is taken in the compute dtype with torch's thread count ``threads`` in every measuring
-process; a timing is the minimum over a few repetitions after a warm-up, a repetition looping calls
-for about a millisecond so that the clock resolves it.
+process; a timing is the median over a few repetitions after a warm-up, a repetition looping calls
+for about a millisecond so that the clock resolves it (`timing.typical_seconds`).
 
 - peak_flops: CPU `peaks.cpu_peak`, measured afresh with nothing else running (and cached: the figure
   the training loop's MFU divides by); CUDA the datasheet dense bf16
@@ -58,7 +58,7 @@ from . import peaks
 from .hardware import Hardware, Link, load_hardware
 from .contention import measure_node_slowdown
 from .links import measure_links
-from .timing import best_seconds, per_call, sync_of
+from .timing import typical_seconds, per_call, sync_of
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEVICES = ("cpu", "cuda")
@@ -86,7 +86,7 @@ def measure_gemm(device: str, dtype: torch.dtype, grid, reps: int) -> tuple[list
     for m, n, k in itertools.product(ms, ns, ks):
         if 2 * m * n * k <= cap:
             a, b = torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
-            timed[(m, n, k)] = 2 * m * n * k / best_seconds(lambda: a @ b, sync, reps)
+            timed[(m, n, k)] = 2 * m * n * k / typical_seconds(lambda: a @ b, sync, reps)
     if not timed:
         raise ValueError(f"no GEMM shape of the grid fits the cap of {cap:g} FLOPs")
     largest = max(timed, key=lambda s: s[0] * s[1] * s[2])
@@ -100,11 +100,11 @@ def measure_memory(device: str, numel: int, reps: int, calls: int, sizes) -> tup
     [[tensor bytes, bytes/s], ...] of ``a + b`` allocating its output at each of ``sizes`` elements)."""
     sync = sync_of(device)
     a, b, c = (torch.rand(numel, device=device) for _ in range(3))
-    bandwidth = 3 * numel * a.element_size() / best_seconds(lambda: torch.add(a, b, out=c), sync, reps)
+    bandwidth = 3 * numel * a.element_size() / typical_seconds(lambda: torch.add(a, b, out=c), sync, reps)
     table = []
     for n in sizes:
         x, y = torch.rand(n, device=device), torch.rand(n, device=device)
-        table.append([4 * n, 12 * n / best_seconds(lambda: x + y, sync, reps)])
+        table.append([4 * n, 12 * n / typical_seconds(lambda: x + y, sync, reps)])
     x, y = torch.ones(1, device=device), torch.ones(1, device=device)
     block = 100 if device == "cuda" else 1  # on CUDA: launch cost, not a synchronisation per call
     per_call(lambda: torch.add(x, y), sync, block)
@@ -139,7 +139,7 @@ def measure_attention(device: str, dtype: torch.dtype, shapes, reps: int, log) -
                     q.grad = k.grad = v.grad = None
                     attention(q, k, v, encoding, impl=impl_arg).sum().backward()
 
-                points.append([n, batch * heads, best_seconds(step, sync, reps) / (batch * heads * n * (n + 1) / 2)])
+                points.append([n, batch * heads, typical_seconds(step, sync, reps) / (batch * heads * n * (n + 1) / 2)])
         entries[f"{impl}/{family}"] = {"head_dim": head_dim, "points": points}
         log(f"attention {impl}/{family}: " + ", ".join(f"N={n} BH={bh} {s:.3g} s/pair" for n, bh, s in points))
     return entries
@@ -260,8 +260,9 @@ def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, pro
                                                              QUICK_LINK_SIZES if quick else LINK_SIZES, 3 if quick else 20)
         log("calibrate: links " + ", ".join(f"{k} {v.latency_s:.3g} s + {v.bandwidth:.4g} B/s"
                                             for k, v in links.items()))
-        slowdown = 1.0 if cuda or quick else measure_node_slowdown(min(processes, per_node))
-        log(f"calibrate: node slowdown {slowdown:.3f} with {min(processes, per_node)} processes computing at once")
+        slowdown, mix = (1.0, 0.0) if cuda or quick else measure_node_slowdown(min(processes, per_node))
+        log(f"calibrate: node slowdown {slowdown:.3f} with {min(processes, per_node)} processes computing at once, "
+            f"operator mix {mix:.3f} s alone")
         runtime = _finish_runtime_probe(probe) - before
         if not (quick or cuda):  # the trainer's own footprint, beyond the imports
             runtime = trainer_runtime(threads)
@@ -284,6 +285,7 @@ def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, pro
                     source=source, device=device, compute_dtype=dtype, runtime_bytes=float(runtime),
                     op_overhead_s=overhead, processes_per_node=per_node, gemm_efficiency=best / peak,
                     gemm_table=table, attention=attention, memory_table=memory_table, node_slowdown=slowdown,
+                    host_mix_s=mix,
                     links=copied or {"intra": links, "inter": {k: Link(v.latency_s, v.bandwidth)
                                                                for k, v in links.items()}})
 

@@ -17,6 +17,8 @@ from a datasheet, and where it was measured (``calibrated: true``, written by
     processes_per_node      devices (GPUs, or CPU processes) sharing the intra-node links
     node_slowdown           compute seconds of a process while the node's other processes compute too,
                             over its seconds alone (CPU cores share caches and memory; 1 on GPUs)
+    host_mix_s              seconds of a fixed operator mix at calibration (CPU; 0 = not measured): the
+                            host's speed then, to read a later measurement against
     gemm.efficiency         achieved fraction of peak_flops for shapes outside the table
     gemm.table              [[m, n, k, flop_per_s], ...]: measured C[m,n] = A[m,k] @ B[k,n]
     attention.<impl>/<family>
@@ -75,6 +77,7 @@ class Hardware:
     attention_efficiency: float = 0.5                     # fraction of peak where attention has no entry
     memory_table: list = field(default_factory=list)      # [[tensor_bytes, bytes_per_s], ...]
     node_slowdown: float = 1.0                            # compute with the whole node busy / alone
+    host_mix_s: float = 0.0                               # contention.mix_seconds at calibration (CPU)
     links: dict = field(default_factory=dict)             # "intra" | "inter" -> {collective: Link}
 
     @property
@@ -152,7 +155,7 @@ class Hardware:
     def to_json(self) -> dict:
         out = {k: getattr(self, k) for k in ("name", "calibrated", "source", "device", "compute_dtype",
                                              "peak_flops", "memory_bytes", "runtime_bytes", "memory_bandwidth",
-                                             "op_overhead_s", "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown")}
+                                             "op_overhead_s", "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown", "host_mix_s")}
         out["gemm"] = {"efficiency": self.gemm_efficiency, "table": self.gemm_table}
         out["attention"] = self.attention
         out["links"] = {level: {kind: vars(link) for kind, link in kinds.items()} for level, kinds in self.links.items()}
@@ -194,7 +197,7 @@ def from_json(data: dict, where: str = "profile") -> Hardware:
             links[level][kind] = Link(float(link["latency_s"]), float(link["bandwidth"]))
     gemm = data.get("gemm", {})
     keys = ("calibrated", "source", "device", "compute_dtype", "runtime_bytes", "op_overhead_s",
-            "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown")
+            "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown", "host_mix_s")
     return Hardware(name=data["name"], peak_flops=float(data["peak_flops"]), memory_bytes=float(data["memory_bytes"]),
                     memory_bandwidth=float(data["memory_bandwidth"]),
                     gemm_efficiency=float(gemm.get("efficiency", 0.7)), gemm_table=list(gemm.get("table", [])),

@@ -3,7 +3,7 @@
 `measure_links` spawns ``processes`` ranks (one thread each; gloo on CPU, nccl on CUDA) that time
 each collective on float32 messages as parallel/context_parallel.py issues them (gloo: all_gather
 into a list of views, reduce_scatter as an all_reduce of a copy of the input); a barrier precedes
-each timed call, the slowest rank's time counts, send_recv is half a round trip between ranks 0 and
+each timed call, the slowest rank's time counts (the median over repetitions), send_recv is half a round trip between ranks 0 and
 1. `fit_latency_bandwidth` fits the ring model of `Hardware.collective_time`,
     send_recv t = lat + bytes / bw,  all_reduce t = 2(r-1) lat + 2(r-1)/r bytes / bw,
     all_gather, reduce_scatter t = (r-1) lat + (r-1)/r bytes / bw,
@@ -115,7 +115,7 @@ def _link_worker(rank: int, world: int, port: int, device: str, sizes, reps: int
     slowest = seconds.to(where)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     if rank == 0:
-        best = slowest.cpu().amin(dim=2)
+        best = slowest.cpu().median(dim=2).values
         Path(out_path).write_text(json.dumps({kind: [[moved[kind, j], float(best[i, j])] for j in range(len(sizes))]
                                               for i, kind in enumerate(COLLECTIVES)}))
     dist.destroy_process_group()

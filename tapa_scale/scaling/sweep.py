@@ -19,7 +19,10 @@ above the live tensors (freed blocks stay mapped and fragment from step to step)
 ``memory_pass: true`` each run is repeated for 3 steps with every allocation of 128 KiB or more mapped
 on its own (``MALLOC_MMAP_THRESHOLD_``), so that the resident set follows the live bytes as a GPU's
 ``max_memory_allocated`` does: that pass gives ``peak_memory_gb`` and the timed pass's figure stays as
-``peak_rss_default_heap_gb`` (its step times are not used: page faults slow it). Predicted: `plan.predict` of the run's layout on the hardware
+``peak_rss_default_heap_gb`` (its step times are not used: page faults slow it). With
+``host_probe: true`` a fixed operator mix is timed before and after each run (``host_mix_s``), and
+the comparison adds ``step_error_host_adjusted``: the prediction scaled by the host's speed then over
+its speed at calibration (a shared CPU host drifts; contention.py). Predicted: `plan.predict` of the run's layout on the hardware
 profile; the memory of rank 0 (the first pipeline stage), which is the rank measured.
 """
 from __future__ import annotations
@@ -67,11 +70,15 @@ def command(spec: RunSpec, run_dir: Path, steps: int, log_every: int, common: li
 
 def measure(spec: RunSpec, out: Path, *, steps: int, log_every: int, timeout_s: float, common: list,
             launcher: str = DEFAULT_LAUNCHER, keep: bool = False, log=print, env: dict | None = None,
-            memory_pass: bool = False) -> dict:
+            memory_pass: bool = False, host_probe: bool = False) -> dict:
     """Run one layout; its measured step time and rank 0's peak memory, or why it has none.
-    ``env``: extra environment of the run; ``memory_pass``: the memory from a second, live-bytes run."""
+    ``env``: extra environment of the run; ``memory_pass``: the memory from a second, live-bytes run;
+    ``host_probe``: the host's speed just before and after the run (`host_mix_s`, contention.py)."""
+    before = _host_mix() if host_probe else None
     result = _measure(spec, out, steps=steps, log_every=log_every, timeout_s=timeout_s, common=common,
                       launcher=launcher, keep=keep, log=log, env=env or {})
+    if before is not None:
+        result["host_mix_s"] = (before + _host_mix()) / 2
     if memory_pass and "error" not in result:
         live = _measure(spec, out / "live_bytes", steps=min(3, steps), log_every=1, timeout_s=timeout_s,
                         common=common, launcher=launcher, keep=keep, log=log, env={**(env or {}), **LIVE_BYTES_ENV})
@@ -79,6 +86,18 @@ def measure(spec: RunSpec, out: Path, *, steps: int, log_every: int, timeout_s: 
             return {**result, "error": f"memory pass: {live['error']}"}
         result.update(peak_rss_default_heap_gb=result["peak_memory_gb"], peak_memory_gb=live["peak_memory_gb"])
     return result
+
+
+def _host_mix() -> float:
+    import torch
+
+    from .contention import mix_seconds
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return mix_seconds()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _measure(spec: RunSpec, out: Path, *, steps: int, log_every: int, timeout_s: float, common: list,
@@ -139,6 +158,9 @@ def compare(measured: dict, shape: Shape, lay: Layout, hw) -> dict:
            "predicted_memory": rank0.to_json()}
     if "step_time_s" in measured:
         row["step_error"] = pred.time.total / measured["step_time_s"] - 1
+        if measured.get("host_mix_s") and hw.host_mix_s > 0:  # the host's speed then over at calibration
+            row["host_slowdown"] = measured["host_mix_s"] / hw.host_mix_s
+            row["step_error_host_adjusted"] = pred.time.total * row["host_slowdown"] / measured["step_time_s"] - 1
         row["memory_error"] = rank0.total / 1e9 / measured["peak_memory_gb"] - 1
     return row
 
@@ -153,6 +175,9 @@ def summary(rows: list[dict]) -> dict:
     return {"counted": len(done),
             "median_abs_step_error": statistics.median(abs(r["step_error"]) for r in done),
             "median_abs_memory_error": statistics.median(abs(r["memory_error"]) for r in done),
+            **({"median_abs_step_error_host_adjusted": statistics.median(abs(r["step_error_host_adjusted"])
+                                                                         for r in done)}
+               if all("step_error_host_adjusted" in r for r in done) else {}),
             "kendall_tau": _kendall([by_measured.index(n) for n in by_predicted]),
             "ranking_matches": by_measured == by_predicted,
             "by_measured_time": by_measured, "by_predicted_time": by_predicted}
@@ -193,7 +218,8 @@ def figures(rows: list[dict], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    # strong scaling: a model, length and global batch on more processes; weak: the batch per process fixed
+    # strong scaling: a model, length and global batch on more processes; weak: the batch per process
+    # fixed. A line joins the fastest layout at each process count; every layout is a point.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, (title, per) in zip(axes, (("strong scaling (global batch fixed)", 1), ("weak scaling (batch per process fixed)", 0))):
         groups = {}
@@ -201,20 +227,22 @@ def figures(rows: list[dict], out: Path) -> list[Path]:
             if r.get("tokens_per_step"):
                 size = r["tokens_per_step"] if per else r["tokens_per_step"] / r["nproc"]
                 groups.setdefault((r["config"], r.get("seq_len"), size), []).append(r)
-        for i, ((config, seq_len, _), members) in enumerate(sorted(groups.items(), key=str)):
-            members.sort(key=lambda r: (r["nproc"], r["name"]))
-            if len({r["nproc"] for r in members}) < 2:
-                continue
-            label = f"{Path(config).stem} @ {seq_len}"
-            for key, style in (("step_time_s", "o-"), ("predicted_step_time_s", "x--")):
-                ax.plot([r["nproc"] for r in members], [r["tokens_per_step"] / r[key] for r in members], style,
-                        color=f"C{i % 10}", label=f"{label} {'measured' if style == 'o-' else 'predicted'}")
-            for r in members:
-                ax.annotate(r["name"], (r["nproc"], r["tokens_per_step"] / r["step_time_s"]), fontsize=6)
+        shown = [(k, g) for k, g in sorted(groups.items(), key=str) if len({r["nproc"] for r in g}) > 1]
+        for i, ((config, seq_len, _), members) in enumerate(shown):
+            counts = sorted({r["nproc"] for r in members})
+            for key, style, what in (("step_time_s", "o-", "measured"), ("predicted_step_time_s", "x--", "predicted")):
+                rate = lambda r: r["tokens_per_step"] / r[key]  # noqa: E731
+                ax.scatter([r["nproc"] for r in members], [rate(r) for r in members], marker=style[0],
+                           color=f"C{i % 10}", alpha=0.35, s=14)
+                ax.plot(counts, [max(rate(r) for r in members if r["nproc"] == n) for n in counts], style,
+                        color=f"C{i % 10}", label=f"{Path(config).stem} @ {seq_len}, {what} (fastest layout)")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("processes"), ax.set_ylabel("tokens/s")
-        if ax.lines:
+        if shown:
+            ax.set_yscale("log")
             ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, "no runs of this kind in the sweep", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     paths.append(out / "scaling.png")
     fig.savefig(paths[-1], dpi=120)

@@ -4,6 +4,7 @@ Would catch: a measurement read from the start-up record, step parts that no lon
 run that is not killed, predictions that cannot be set beside a measured run, a bad hardware name
 that surfaces as a traceback."""
 import json
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -61,9 +62,17 @@ def test_the_memory_pass_reruns_with_every_large_allocation_mapped(tmp_path):
     script.write_text(FAKE_TRAINER)
     spec = RunSpec(name="fake", config="configs/tiny.yaml")
     m = measure(spec, tmp_path, steps=8, log_every=2, timeout_s=60, common=[], launcher=f"{sys.executable} {script}",
-                log=lambda *_: None, memory_pass=True, keep=True)
+                log=lambda *_: None, memory_pass=True, keep=True, host_probe=True)
     assert m["peak_memory_gb"] == 2.0 and m["peak_rss_default_heap_gb"] == 3.0 and m["step_time_s"] == 1.0
     assert (tmp_path / "live_bytes" / "fake" / "steps").read_text() == "3"
+    # the host ran at half its calibrated speed: the adjusted error scales the prediction by 2
+    cfg = load_config("configs/tiny.yaml", [])
+    hw = replace(load_hardware("h100_sxm"), device="cpu", compute_dtype="fp32", host_mix_s=m["host_mix_s"] / 2)
+    row = compare(m, shape_of(cfg.model, 128, 8192), layout_of(cfg, 1), hw)
+    assert row["host_slowdown"] == pytest.approx(2.0)
+    assert row["step_error_host_adjusted"] == pytest.approx(2 * (1 + row["step_error"]) - 1)
+    assert summary([{**row, "counted": True}])["median_abs_step_error_host_adjusted"] == \
+        pytest.approx(abs(row["step_error_host_adjusted"]))
 
 
 def test_plan_command_line(tmp_path, capsys, monkeypatch):
