@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-from dataclasses import replace
 import json
 import sys
 from pathlib import Path
@@ -71,26 +70,15 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_anchors(args) -> int:
-    from tapa_scale.scaling.anchors import anchor_setups
-    from tapa_scale.scaling.plan import predict
+    from tapa_scale.scaling.anchors import anchor_predictions
 
     hw = load_hardware(args.hardware)
-    rows = []
-    for name, shape, lay, mfu, tps in anchor_setups():
-        p = published = predict(shape, lay, hw)
-        # where this code cannot hold the published micro-batch, the nearest one that fits: smaller, then recomputed
-        for mb, rc in [(b, lay.recompute) for b in (lay.micro_batch // 2, 1) if b >= 1] + [(1, "full")]:
-            if p.memory.fits:
-                break
-            p = predict(shape, replace(lay, micro_batch=mb, recompute=rc), hw)
-        lay = p.layout
-        rows.append({"anchor": name, "published_layout_fits": published.memory.fits, "published_mfu_noncausal": mfu, "published_tokens_per_s_per_gpu": tps,
-                     "predicted_mfu_noncausal": round(p.mfu_noncausal, 4),
-                     "predicted_tokens_per_s_per_gpu": round(p.tokens_per_s / lay.world, 1),
-                     "predicted_memory_gb": round(p.memory.total / 1e9, 2), "fits": p.memory.fits,
-                     "bottleneck": p.bottleneck, "layout": lay.describe()})
-        print(f"{name:<26} published MFU {mfu:.3f} ({tps:,} tok/s/GPU)   predicted {p.mfu_noncausal:.3f} "
-              f"({p.tokens_per_s / lay.world:,.0f} tok/s/GPU), {p.memory.total / 1e9:.1f} GB, bound by {p.bottleneck}")
+    rows = anchor_predictions(hw)
+    for r in rows:
+        print(f"{r['anchor']:<26} published MFU {r['published_mfu_noncausal']:.3f} "
+              f"({r['published_tokens_per_s_per_gpu']:,} tok/s/GPU)   predicted {r['predicted_mfu_noncausal']:.3f} "
+              f"({r['predicted_tokens_per_s_per_gpu']:,.0f} tok/s/GPU), {r['predicted_memory_gb']:.1f} GB, "
+              f"bound by {r['bottleneck']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"hardware": hw.name, "calibrated": hw.calibrated, "anchors": rows},
                                               indent=1) + "\n")

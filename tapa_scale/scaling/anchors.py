@@ -9,7 +9,10 @@ FSDP): a different code base, so agreement is a plausibility check, not a valida
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .layout import Layout, Shape
+from .plan import predict
 
 ANCHORS = (
     # name, layers, hidden, heads, vocab, seq_len, micro batch, global batch, recompute, published MFU, tokens/s/GPU
@@ -28,3 +31,21 @@ def anchor_setups():
                       encoding="alibi")
         lay = Layout(dp=8, micro_batch=mb, global_batch=gb, distributed_optimizer=True, recompute=recompute)
         yield name, shape, lay, mfu, tps
+
+
+def anchor_predictions(hw) -> list[dict]:
+    """The prediction beside each published figure. Where this code cannot hold the published
+    micro-batch, the nearest setup that fits: a smaller micro-batch, then full recomputation."""
+    rows = []
+    for name, shape, lay, mfu, tps in anchor_setups():
+        p = published = predict(shape, lay, hw)
+        for mb, rc in [(b, lay.recompute) for b in (lay.micro_batch // 2, 1) if b >= 1] + [(1, "full")]:
+            if p.memory.fits:
+                break
+            p = predict(shape, replace(lay, micro_batch=mb, recompute=rc), hw)
+        rows.append({"anchor": name, "published_layout_fits": published.memory.fits, "published_mfu_noncausal": mfu,
+                     "published_tokens_per_s_per_gpu": tps, "predicted_mfu_noncausal": round(p.mfu_noncausal, 4),
+                     "predicted_tokens_per_s_per_gpu": round(p.tokens_per_s / p.layout.world, 1),
+                     "predicted_memory_gb": round(p.memory.total / 1e9, 2), "fits": p.memory.fits,
+                     "bottleneck": p.bottleneck, "layout": p.layout.describe()})
+    return rows

@@ -237,10 +237,11 @@ def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, pro
     compute, cuda, reps = DTYPES[dtype], device == "cuda", 3 if quick else 5
     model, memory, per_node = _machine(device, threads)
     before, threads_before = _device_bytes_used() if cuda else 0.0, torch.get_num_threads()
-    probe = _start_runtime_probe(device, threads)
+    # the import probe is the runtime on CUDA and in quick mode; a full CPU calibration runs the trainer
+    probe = _start_runtime_probe(device, threads) if cuda or quick else None
     try:
         torch.set_num_threads(threads)
-        if not quick or cuda:  # alone: nothing else runs while it measures (and CUDA counts device bytes)
+        if cuda:  # alone: CUDA counts the device bytes in use
             probe.wait()
         peak = peaks.gpu_peak(model) if cuda else peaks.cpu_peak(compute, refresh=not quick)
         how = "datasheet dense bf16" if cuda else f"measured {dtype} matmul"
@@ -263,13 +264,11 @@ def calibrate(*, device: str = "cpu", dtype: str = "fp32", threads: int = 1, pro
         slowdown, mix = (1.0, 0.0) if cuda or quick else measure_node_slowdown(min(processes, per_node))
         log(f"calibrate: node slowdown {slowdown:.3f} with {min(processes, per_node)} processes computing at once, "
             f"operator mix {mix:.3f} s alone")
-        runtime = _finish_runtime_probe(probe) - before
-        if not (quick or cuda):  # the trainer's own footprint, beyond the imports
-            runtime = trainer_runtime(threads)
+        runtime = trainer_runtime(threads) if probe is None else _finish_runtime_probe(probe) - before
         log(f"calibrate: runtime {runtime / 2 ** 20:.0f} MiB")
     finally:
         torch.set_num_threads(threads_before)
-        if probe.poll() is None:
+        if probe is not None and probe.poll() is None:
             probe.kill()
             probe.wait()
     source = (f"calibrated{' (quick mode)' if quick else ''} on {datetime.date.today().isoformat()} on {model} "

@@ -153,9 +153,7 @@ class Hardware:
 
     # -- files -----------------------------------------------------------------------------------
     def to_json(self) -> dict:
-        out = {k: getattr(self, k) for k in ("name", "calibrated", "source", "device", "compute_dtype",
-                                             "peak_flops", "memory_bytes", "runtime_bytes", "memory_bandwidth",
-                                             "op_overhead_s", "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown", "host_mix_s")}
+        out = {k: getattr(self, k) for k in REQUIRED + PLAIN}
         out["gemm"] = {"efficiency": self.gemm_efficiency, "table": self.gemm_table}
         out["attention"] = self.attention
         out["links"] = {level: {kind: vars(link) for kind, link in kinds.items()} for level, kinds in self.links.items()}
@@ -178,6 +176,8 @@ def _interp_log(points: list, x: float) -> float:
 
 
 REQUIRED = ("name", "peak_flops", "memory_bytes", "memory_bandwidth")
+PLAIN = ("calibrated", "source", "device", "compute_dtype", "runtime_bytes", "op_overhead_s",  # as stored
+         "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown", "host_mix_s")
 
 
 def from_json(data: dict, where: str = "profile") -> Hardware:
@@ -196,13 +196,11 @@ def from_json(data: dict, where: str = "profile") -> Hardware:
                                    f"with latency_s >= 0 and bandwidth > 0")
             links[level][kind] = Link(float(link["latency_s"]), float(link["bandwidth"]))
     gemm = data.get("gemm", {})
-    keys = ("calibrated", "source", "device", "compute_dtype", "runtime_bytes", "op_overhead_s",
-            "processes_per_node", "attention_efficiency", "memory_table", "node_slowdown", "host_mix_s")
     return Hardware(name=data["name"], peak_flops=float(data["peak_flops"]), memory_bytes=float(data["memory_bytes"]),
                     memory_bandwidth=float(data["memory_bandwidth"]),
                     gemm_efficiency=float(gemm.get("efficiency", 0.7)), gemm_table=list(gemm.get("table", [])),
                     attention=dict(data.get("attention", {})), links=links,
-                    **{k: data[k] for k in keys if k in data})
+                    **{k: data[k] for k in PLAIN if k in data})
 
 
 def shipped() -> list[str]:

@@ -149,3 +149,13 @@ def test_measured_tables_are_interpolated_in_log_size_and_held_at_the_ends():
     assert hw.memory_time(1e6, tensor_bytes=1e8) == pytest.approx(1e6 / 1e10)
     assert hw.memory_time(1e6) == pytest.approx(1e6 / 1e10)         # no size: the streaming bandwidth
     assert from_json(json.loads(json.dumps(hw.to_json()))) == hw
+
+
+def test_anchors_fall_back_to_a_setup_that_fits():
+    from tapa_scale.scaling.anchors import ANCHORS, anchor_predictions
+    from tapa_scale.scaling.hardware import load_hardware
+    rows = anchor_predictions(load_hardware("h100_sxm"))
+    assert [r["anchor"] for r in rows] == [a[0] for a in ANCHORS]
+    one_b_8k = rows[0]  # micro-batch 3 does not fit this code's float32 weights; a smaller one does
+    assert not one_b_8k["published_layout_fits"] and one_b_8k["fits"] and one_b_8k["layout"].endswith("-mb1")
+    assert all(0 < r["predicted_mfu_noncausal"] < 1 for r in rows)
