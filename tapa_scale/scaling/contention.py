@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .timing import typical_seconds
+
 
 def mix_seconds(reps: int = 5) -> float:
     """Median seconds over ``reps`` of one pass of the operator mix, on one thread."""
@@ -40,13 +42,7 @@ def mix_seconds(reps: int = 5) -> float:
         for _ in range(8):
             a * b + a
 
-    once()
-    seconds = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        once()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return typical_seconds(once, lambda: None, reps)
 
 
 def _worker(rank: int, start_at: float, reps: int, out_dir: str) -> None:
