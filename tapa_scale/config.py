@@ -111,11 +111,6 @@ def validate(cfg: Config, *, world_size: int = 1, check_paths: bool = True) -> l
                                   num_layers=cfg.model.num_layers, seq_len=d.seq_len, world_size=world_size,
                                   num_microbatches=_microbatches(cfg, world_size),
                                   eval_batches=cfg.train.eval_batches, device=cfg.train.device)
-    t = cfg.train
-    if not errs and cfg.parallel.distributed_optimizer and (t.checkpoint_every or t.final_checkpoint):
-        errs.append("parallel.distributed_optimizer=true: checkpoints of megatron's distributed optimizer "
-                    "(a GPU-only path) are not verified yet; set train.checkpoint_every=0 "
-                    "train.final_checkpoint=false")
     if not errs:
         dp = world_size // (cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp)
         gbs, mbs = cfg.train.global_batch_size, cfg.train.micro_batch_size

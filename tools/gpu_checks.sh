@@ -20,6 +20,8 @@
 #                      task and peak memory; needs megatron-core and transformers (carried as wheels),
 #                      skipped without them
 #   train_32k.json     the same training comparison at 32768 tokens, if time is left
+#   zero_overlap.log   the tiny model with the distributed optimizer, megatron's overlap of gradient
+#                      reduction and weight gathering off and on: equal losses and checkpointed weights
 #   tests_all.json     every test of tests/ops/test_tapa_triton.py compiled on the GPU, if time is left
 #   summary.txt        step timings, pass/fail counts and speed ratios
 #   <step>.log         each step's output; gpu_checks.tar.gz: the whole folder as one archive
@@ -139,6 +141,25 @@ step eval_125m 120 60 bash -c '
         --lengths 8192,16384,32768 --depths 0.5 --trials 2 --max-tokens 200000 --position-windows 2 \
         --batch-size 1 --json "$1/eval_125m.json"' "$PY" "$RES"
 step train_32k 90 60 "$PY" tools/gpu_train_compare.py --seq-len 32768 --steps 4 --json "$RES/train_32k.json"
+step zero_overlap 60 40 bash -c '
+    "$0" -c "import megatron.core" || { echo "megatron-core missing: skipped"; exit 3; }
+    base=$(mktemp -d) && trap "rm -rf $base" EXIT
+    for o in false true; do
+        "$0" -m tapa_scale.train --config configs/tiny.yaml run.dir="$base/$o" train.steps=6 train.checkpoint_every=3 \
+            run.tensorboard=false run.progress=false parallel.distributed_optimizer=true \
+            parallel.overlap_grad_reduce=$o parallel.overlap_param_gather=$o || exit 1
+    done
+    "$0" - "$base" <<"PY"
+import json, sys
+from pathlib import Path
+from tapa_scale.train.checkpoint import full_state_dict, latest_checkpoint
+runs = [Path(sys.argv[1]) / o for o in ("false", "true")]
+losses = [[json.loads(l)["loss"] for l in (r / "metrics.jsonl").read_text().splitlines()] for r in runs]
+a, b = (full_state_dict(latest_checkpoint(r)) for r in runs)
+diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+print(json.dumps({"losses_off": losses[0], "losses_on": losses[1], "max_weight_diff": diff}))
+sys.exit(0 if losses[0] == losses[1] and diff == 0 else 1)
+PY' "$PY"
 sharded tests_all 200 45
 
 {

@@ -57,6 +57,30 @@ def dist_tensors(dist_dir: Path) -> list[dict]:
             for k, m in meta.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)]
 
 
+def optimizer_bytes_per_rank(dist_dir: Path) -> dict[int, int]:
+    """Bytes of optimizer state each rank wrote into dist/ (from the storage entries of .metadata: the
+    writer's rank is the first number of its `__<rank>_<n>.distcp` file)."""
+    import torch.distributed.checkpoint as dcp
+
+    check_metadata_pickle(dist_dir)
+    out: dict[int, int] = {}
+    for index, where in dcp.FileSystemReader(str(dist_dir)).read_metadata().storage_data.items():
+        if is_optimizer_key(index.fqn):
+            rank = int(where.relative_path.split("_")[2])
+            out[rank] = out.get(rank, 0) + where.length
+    return dict(sorted(out.items()))
+
+
+def optimizer_sharding(layout: dict | None, per_rank: dict) -> dict:
+    """How the AdamW state was held when it was written: the optimizer, over how many ranks one
+    model-parallel rank's state was sharded, and what each rank wrote."""
+    layout = layout or {}
+    kind = layout.get("optimizer")
+    shards = layout.get("dp", 1) * layout.get("cp", 1) if kind == "distributed" else 1
+    return {"optimizer": kind, "sharded_over": shards, "bytes_per_rank": per_rank,
+            "total_bytes": sum(per_rank.values())}
+
+
 def safetensors_tensors(path: Path) -> list[dict]:
     from safetensors import safe_open
 
@@ -103,6 +127,9 @@ def inspect(path: Path, checksums: bool = True) -> dict:
     out["tensors"] = [t for t in tensors if not is_optimizer_key(t["name"])]
     out["optimizer_tensors"] = [t for t in tensors if is_optimizer_key(t["name"])]
     out["parameters"] = sum(math.prod(t["shape"]) for t in out["tensors"])
+    per_rank = attempt("optimizer shards", lambda: optimizer_bytes_per_rank(path / DIST), {}) \
+        if source == DIST else {}
+    out["optimizer_state"] = optimizer_sharding(out["layout"], per_rank)
 
     sizes = {"total": 0, DIST: 0, RNG: 0, "model.safetensors": 0, "tokenizer": 0, "other": 0}
     for f in iter_files(path):
@@ -142,6 +169,13 @@ def text(r: dict) -> str:
     parts = ", ".join(f"{k} {_human(v)}" for k, v in sizes.items() if k != "total" and v)
     lines.append(f"parameters   {r['parameters']:,} in {len(r['tensors'])} tensors ({r['tensor_source']})")
     lines.append(f"size         {_human(sizes['total'])}: {parts}   rng files of {r['rng_ranks']} rank(s)")
+    o = r["optimizer_state"]
+    if o["bytes_per_rank"]:
+        ranks = ", ".join(f"rank {k} {_human(v)}" for k, v in o["bytes_per_rank"].items())
+        how = f"sharded over {o['sharded_over']} data x context ranks" if o["sharded_over"] > 1 else "not sharded"
+        lines.append(textwrap.fill(f"{o['optimizer']} optimizer, {how}; {_human(o['total_bytes'])} written: "
+                                   f"{ranks}", 110, initial_indent=f"{'optimizer':<13}",
+                                   subsequent_indent=" " * 13))
     lines += [f"problem      {p}" for p in r["problems"]]
     if r["tensors"]:
         width = max(len(t["name"]) for t in r["tensors"]) + 2
@@ -156,8 +190,8 @@ def text(r: dict) -> str:
 
 
 def _optimizer_group(name: str) -> str:
-    """`optim.exp_avg.3` -> `optim.exp_avg`; megatron's `optimizer.state.exp_avg.<param>` -> its first three parts."""
-    return ".".join(name.split(".")[:3 if name.startswith("optimizer.") else 2])
+    """`optim.exp_avg.<parameter key>` -> `optim.exp_avg`."""
+    return ".".join(name.split(".")[:2])
 
 
 def main(argv=None) -> int:

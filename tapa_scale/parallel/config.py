@@ -19,6 +19,8 @@ class ParallelConfig:
     sequence_parallel: bool = False  # Megatron sequence parallelism (needs tp > 1)
     cp_comm: str = "allgather"      # context parallel K/V exchange: allgather | ring
     distributed_optimizer: bool = False  # megatron's distributed optimizer: AdamW state sharded over data x context ranks
+    overlap_grad_reduce: bool = False    # megatron DDP: reduce gradient buckets during backward (CUDA only)
+    overlap_param_gather: bool = False   # distributed optimizer: all-gather updated weights during the next forward (CUDA only)
     backend: str = "auto"           # torch.distributed backend: auto (nccl on GPU, gloo on CPU) | gloo | nccl
 
 
@@ -29,8 +31,9 @@ def validate_parallel(p: ParallelConfig, *, num_heads: int, kv_heads: int, num_l
 
     num_microbatches (micro-batches per optimizer step on each data-parallel rank) and eval_batches
     (validation micro-batches per data-parallel rank), when known, are checked against the interleaved
-    schedule. `device` ("auto" | "cpu" | "cuda") is accepted for callers that know it; every layout
-    here runs on both (the distributed optimizer on CPU through parallel/cpu_compat.py).
+    schedule. `device` ("auto" | "cpu" | "cuda"): every layout runs on both (the distributed optimizer on
+    CPU through parallel/cpu_compat.py); megatron's overlap options need CUDA streams and are refused on
+    the CPU.
     """
     errs = [f"parallel.{key}={getattr(p, key)}: must be >= 1"
             for key in ("tp", "pp", "cp", "vpp") if getattr(p, key) < 1]
@@ -63,6 +66,13 @@ def validate_parallel(p: ParallelConfig, *, num_heads: int, kv_heads: int, num_l
                     f"be divisible by parallel.tp={p.tp}")
     if p.cp_comm not in ("allgather", "ring"):
         errs.append(f"parallel.cp_comm={p.cp_comm!r}: expected allgather or ring")
+    if p.overlap_param_gather and not (p.distributed_optimizer and p.overlap_grad_reduce):
+        errs.append("parallel.overlap_param_gather=true needs parallel.distributed_optimizer=true and "
+                    "parallel.overlap_grad_reduce=true (megatron gathers the weights its optimizer shards)")
+    overlap = [k for k in ("overlap_grad_reduce", "overlap_param_gather") if getattr(p, k)]
+    if overlap and device == "cpu":
+        errs.append(f"parallel.{overlap[0]}=true: megatron overlaps communication on CUDA streams; not "
+                    f"available on the CPU (set it false there)")
     if p.backend not in ("auto", "gloo", "nccl"):
         errs.append(f"parallel.backend={p.backend!r}: expected auto, gloo or nccl")
     return errs

@@ -75,7 +75,9 @@ def parallelize(chunks: Sequence[torch.nn.Module], groups: Groups, pcfg: Paralle
     from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
                                            finalize_model_grads)
 
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=pcfg.overlap_grad_reduce,
+                                               overlap_param_gather=pcfg.overlap_param_gather,
+                                               align_param_gather=pcfg.overlap_param_gather,
                                                use_distributed_optimizer=pcfg.distributed_optimizer)
     wrapped = []
     for i, chunk in enumerate(chunks):
@@ -85,9 +87,22 @@ def parallelize(chunks: Sequence[torch.nn.Module], groups: Groups, pcfg: Paralle
         ddp.broadcast_params()  # replicas start equal whatever RNG draws preceded the build
         wrapped.append(ddp)
     config = chunks[0].config
-    config.no_sync_func = [w.no_sync for w in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
+    one = len(wrapped) == 1
+    config.no_sync_func = wrapped[0].no_sync if one else [w.no_sync for w in wrapped]
+    if pcfg.overlap_grad_reduce:  # the schedule starts each chunk's reduction after its last backward
+        config.grad_sync_func = wrapped[0].start_grad_sync if one else [w.start_grad_sync for w in wrapped]
+    if pcfg.overlap_param_gather:  # ... and each chunk's weight all-gather before its first forward
+        config.param_sync_func = wrapped[0].start_param_sync if one else [w.start_param_sync for w in wrapped]
     config.finalize_model_grads_func = finalize_model_grads
     return wrapped
+
+
+def sync_params(chunks, pcfg: ParallelConfig) -> None:
+    """With parallel.overlap_param_gather the optimizer step leaves the weights' all-gather to the next
+    forward; before anything reads the weights outside a forward (a checkpoint), finish it now."""
+    if pcfg.overlap_param_gather:
+        for chunk in chunks:
+            chunk.start_param_sync(force_sync=True)
 
 
 def unwrap(chunk):

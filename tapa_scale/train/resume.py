@@ -102,13 +102,11 @@ def _continued_checkpoint(cfg) -> Optional[Path]:
 def restore_optimizer_from(run, source: Path) -> None:
     """Weights, AdamW moments and their step counts from another run's checkpoint (train.init_from with
     train.init_optimizer): the extension stage's restore. The step counter, schedule, data cursor and
-    RNG of this run start fresh. Collective; the optimizer kind must match."""
+    RNG of this run start fresh. Collective; either optimizer reads the moments of either (they are
+    stored as the same global tensors)."""
     if not (source / DIST).is_dir():
         raise ConfigError(f"train.init_optimizer=true: {source} is a weights-only checkpoint (no optimizer state)")
     state = ckpt.read_state(source)
-    if state["layout"]["optimizer"] != layout_of(run)["optimizer"]:
-        raise ConfigError(f"train.init_optimizer=true: {source} holds the {state['layout']['optimizer']} "
-                          f"optimizer's state, this run uses the {layout_of(run)['optimizer']} one")
     load_sharded(source / DIST, _chunks(run), run.optimizer, state.get("optimizer_steps") or 0)
 
 
@@ -125,10 +123,6 @@ def resume(run, cfg, report=ckpt.warn) -> tuple[dict, Optional[Path], bool]:
                                   f"start from it with train.init_from")
             if chosen is not None:
                 check_compatible((chosen / "config.yaml").read_text(), cfg, chosen)
-                saved = ckpt.read_state(chosen)["layout"]
-                if saved["optimizer"] != layout_of(run)["optimizer"]:
-                    raise ConfigError(f"{chosen}: written with the {saved['optimizer']} optimizer, this run uses "
-                                      f"the {layout_of(run)['optimizer']} one (parallel.distributed_optimizer)")
         except (ConfigError, ckpt.CorruptCheckpoint) as e:
             error = str(e)
     chosen, error = _broadcast((str(chosen) if chosen else None, error))
@@ -142,12 +136,16 @@ def resume(run, cfg, report=ckpt.warn) -> tuple[dict, Optional[Path], bool]:
     run.train_loader.load_state_dict(state["data"])
     check_fingerprint(run, state, chosen)
     now = layout_of(run)
-    same = state["layout"] == now
+    ranks = {k: v for k, v in now.items() if k != "optimizer"}
+    same = {k: v for k, v in state["layout"].items() if k != "optimizer"} == ranks  # RNG is per rank
     if run.groups.is_main:
         report(f"checkpoint: resuming from {chosen} (step {state['step']}, {state['tokens']:,} tokens)")
         if not same:
             report(f"checkpoint: {chosen.name} was written by layout {state['layout']}; resharded into "
                    f"{now}; RNG states start fresh")
+        if state["layout"].get("optimizer") != now["optimizer"]:
+            report(f"checkpoint: AdamW moments of the {state['layout'].get('optimizer')} optimizer loaded into "
+                   f"the {now['optimizer']} one (parallel.distributed_optimizer)")
     keep = {k: state[k] for k in ("step", "tokens")}
     keep["skipped_steps"] = state.get("skipped_steps", 0)
     return keep, chosen, same

@@ -31,10 +31,11 @@ import numpy as np
 import torch.distributed as dist
 
 from ..config import to_yaml
-from ..parallel.parallelize import unwrap
+from ..parallel.parallelize import sync_params, unwrap
 from . import checkpoint as ckpt
+from . import zero_state
 from .child_processes import die_with_parent
-from .sharded import DIST, RNG, optimizer_steps, save_rng, save_sharded
+from .sharded import DIST, RNG, optimizer_step_count, save_rng, save_sharded
 
 _writer_fork = False  # true while this process forks checkpoint writers
 _forking_pid = 0     # the pid of the process that forked, as the child sees it
@@ -99,7 +100,7 @@ def _barrier() -> None:
 def layout_of(run) -> dict:
     g = run.groups
     return {"world_size": g.world_size, "tp": g.tp, "pp": g.pp, "cp": g.cp, "dp": g.dp_size, "vpp": g.vpp,
-            "optimizer": "megatron" if hasattr(run.optimizer, "sharded_state_dict") else "torch"}
+            "optimizer": "distributed" if zero_state.is_distributed(run.optimizer) else "torch"}
 
 
 def chunks_of(run) -> list:
@@ -142,14 +143,14 @@ class Saver:
         if main:
             ckpt.begin_save(run_dir, step)
         _barrier()
+        sync_params(run.chunks, cfg.parallel)  # weights the optimizer left for the next forward to gather
         request = save_sharded(tmp / DIST, chunks_of(run), run.optimizer)
         if request.async_fn is not None:  # nothing to write on this rank (no main replicas): None
             request = request._replace(async_fn=_then_hash(request.async_fn, tmp, run.groups.rank))
         save_rng(tmp / RNG, run.groups.rank)
         if main:
             full = {**state, "layout": layout_of(run), "data": run.train_loader.state_dict(),
-                    "optimizer_steps": None if hasattr(run.optimizer, "sharded_state_dict")
-                    else optimizer_steps(run.optimizer),
+                    "optimizer_steps": optimizer_step_count(run.optimizer),
                     "next_batch": next_batch_fingerprint(run.train_loader, run.global_batch)}
             ckpt.write_common(tmp, state=full, config_yaml=to_yaml(cfg), tokenizer_dir=run.tokenizer_dir)
         request.add_finalize_fn(lambda: self._publish(tmp))

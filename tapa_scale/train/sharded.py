@@ -17,8 +17,8 @@ Traps, each handled here:
 - A plain torch optimizer's state is created lazily by its first step. On load we create it (zeros of
   the parameter's shape) so that the library has tensors to read into; `step` is one count for all
   parameters (AdamW steps them together) and lives in state.json.
-- megatron's own optimizers (the GPU distributed optimizer) bring their own `sharded_state_dict`;
-  it is used when present.
+- megatron's distributed optimizer holds flat slices of the moments: zero_state.py writes them as
+  slices of the same global tensors (its own format, `sharded_state_dict`, is not used).
 """
 from __future__ import annotations
 
@@ -32,9 +32,11 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from . import zero_state
+
 DIST = "dist"          # the dist_checkpointing directory inside a checkpoint
 RNG = "rng"            # per-rank RNG states: rng/rank_00000.safetensors + rank_00000.json
-MOMENTS = ("exp_avg", "exp_avg_sq")
+MOMENTS = zero_state.MOMENTS
 
 # Globals the .metadata pickle of torch.distributed.checkpoint may name (module, qualified name).
 _METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
@@ -138,10 +140,14 @@ def optimizer_steps(optimizer) -> int:
 
 def full_sharded_state_dict(chunks: list, optimizer, *, create: bool) -> dict:
     model = model_sharded_state_dict(chunks)
-    if hasattr(optimizer, "sharded_state_dict"):  # megatron's optimizers shard their own state
-        flat = {k: v for k, v in model.items()}
-        return {**model, "optimizer": optimizer.sharded_state_dict(flat, is_loading=create)}
+    if zero_state.is_distributed(optimizer):  # each rank its slices of the same global moments
+        return {**model, **zero_state.sharded_moments(optimizer, model, create=create)}
     return {**model, **optimizer_sharded_state_dict(optimizer, model, create=create)}
+
+
+def optimizer_step_count(optimizer) -> int:
+    """AdamW's step count, for either optimizer."""
+    return zero_state.step_count(optimizer) if zero_state.is_distributed(optimizer) else optimizer_steps(optimizer)
 
 
 def save_sharded(dist_dir: Path, chunks: list, optimizer):
@@ -171,8 +177,9 @@ def load_sharded(dist_dir: Path, chunks: list, optimizer, optimizer_step_count: 
         missing = [k for k in missing if not k.endswith("_extra_state")]
         if missing or unexpected:
             raise KeyError(f"model chunk {i}: missing {missing[:3]} unexpected {unexpected[:3]}")
-    if hasattr(optimizer, "sharded_state_dict"):
-        optimizer.load_state_dict(loaded["optimizer"])
+    if zero_state.is_distributed(optimizer):
+        zero_state.load_moments(optimizer, {k: v for k, v in request.items() if k.startswith("optim.")}, loaded,
+                                optimizer_step_count)
         return
     for i, p in enumerate(optimizer_params(optimizer)):
         state = optimizer.state[p]

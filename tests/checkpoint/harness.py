@@ -172,14 +172,28 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 # The same global batch (4 sequences of 32 tokens) in every layout, so that all of them train on the
 # same samples per step: one process and TP/PP/CP=2 accumulate 2 micro-batches of 2, DP=2 runs one on
-# each rank.
+# each rank, DP=4 one sequence per rank. `-zero`: megatron's distributed optimizer (AdamW state sharded
+# over the data-parallel ranks).
+ZERO = "parallel.distributed_optimizer=true"
 LAYOUTS = {
     "single": (1, []),
     "dp2": (2, []),
     "tp2": (2, ["parallel.tp=2"]),
     "pp2": (2, ["parallel.pp=2"]),
     "cp2": (2, ["parallel.cp=2"]),
+    "dp2-zero": (2, [ZERO]),
+    "dp2-tp2-zero": (4, ["parallel.tp=2", ZERO]),
+    "dp4-zero": (4, ["train.micro_batch_size=1", ZERO]),
 }
+
+
+def data_parallel_size(layout: str) -> int:
+    nproc, overrides = LAYOUTS[layout]
+    model = 1
+    for o in overrides:
+        key, _, value = o.partition("=")
+        model *= int(value) if key in ("parallel.tp", "parallel.pp", "parallel.cp") else 1
+    return nproc // model
 STEPS = 8
 RUN = [f"train.steps={STEPS}", "train.checkpoint_every=2", "train.global_batch_size=4"]
 

@@ -1,12 +1,13 @@
 """Resharding on load: a checkpoint written in one parallel layout is resumed in another (TP 2->1 and
-1->2, PP 2->1, DP 2->1 and 1->2, with the same global batch of 4 sequences), and the run continues
+1->2, PP 2->1, DP 2->1 and 1->2; with megatron's distributed optimizer DP 2->1, 1->2 and 4->2 and TP
+2->1, into and out of torch's AdamW; the same global batch of 4 sequences), and the run continues
 with the losses of the run that kept its layout, on the same samples; what cannot be resharded (the
 model's shape, the sequence length) or a data position that does not match the checkpoint's
 fingerprint of its next batch is refused in one line before training starts.
 
 Would catch: tensor-parallel shards glued back at wrong offsets (the SwiGLU [gate; up] rows, the
 grouped QKV rows), pipeline stages' layers renumbered wrongly, optimizer moments not following their
-parameters, a data cursor counted per rank instead of globally (samples repeated or skipped after a
+parameters (or a distributed optimizer's flat slice written at the wrong place of its parameter), a data cursor counted per rank instead of globally (samples repeated or skipped after a
 data-parallel change), a resume that loads a model of another shape or trains on other samples."""
 import json
 import shutil
@@ -14,8 +15,8 @@ import shutil
 import pytest
 
 from tapa_scale.train import checkpoint as ckpt
-from tests.checkpoint.harness import (LAYOUTS, RUN, STEPS, checkpoint_state, checkpoint_steps, printed_steps,
-                                      records, train)
+from tests.checkpoint.harness import (LAYOUTS, RUN, STEPS, checkpoint_state, checkpoint_steps, data_parallel_size,
+                                      printed_steps, records, train)
 
 # fp32 sums in another order (2 ranks, or accumulated micro-batches) and 4 AdamW steps on top: the
 # runs differ by < 1e-6 relative (measured: 5e-7 after TP 1<->2, 6e-8 after DP 2<->1, 0 after PP 2->1);
@@ -24,7 +25,10 @@ from tests.checkpoint.harness import (LAYOUTS, RUN, STEPS, checkpoint_state, che
 RTOL = 1e-5
 RESUME_AT = 4  # resume from the checkpoint of step 4 of 8
 
-CASES = [("tp2", "single"), ("single", "tp2"), ("pp2", "single"), ("dp2", "single"), ("single", "dp2")]
+CASES = [("tp2", "single"), ("single", "tp2"), ("pp2", "single"), ("dp2", "single"), ("single", "dp2"),
+         # the distributed optimizer's moment slices: DP 2 -> 1 into torch's AdamW, torch's into DP=2
+         # slices, DP 4 -> 2 and TP 2 -> 1 sharded on both sides
+         ("dp2-zero", "single"), ("single", "dp2-zero"), ("dp4-zero", "dp2-zero"), ("dp2-tp2-zero", "dp2-zero")]
 
 
 def copy_until(source, target, step):
@@ -33,10 +37,6 @@ def copy_until(source, target, step):
     for later in (s for s in checkpoint_steps(target) if s > step):
         shutil.rmtree(ckpt.checkpoint_dir(target, later))
     return target
-
-
-def dp(layout: str) -> int:
-    return 2 if layout == "dp2" else 1
 
 
 def close(a, b):
@@ -59,7 +59,8 @@ def test_resume_in_another_layout_continues_on_the_same_samples(tmp_path, uninte
         assert close(x["loss"], y["loss"]), (saved, resumed, x, y)
     # validation reads the first eval_batches micro-batches of each data-parallel rank: after a DP change
     # compare with the run that kept the new layout (DP does not change the initial weights; PP does)
-    same_eval = records(uninterrupted(resumed) if dp(saved) != dp(resumed) else reference)[-1]
+    dp_changed = data_parallel_size(saved) != data_parallel_size(resumed)
+    same_eval = records(uninterrupted(resumed) if dp_changed else reference)[-1]
     assert close(same_eval["val_loss"], b[-1]["val_loss"]), (same_eval, b[-1])
 
     # every checkpoint after the resume stands at the same global sample, with the same next batch, as

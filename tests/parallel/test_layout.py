@@ -46,6 +46,18 @@ def test_distributed_optimizer_runs_on_cpu():
     assert problems(2, device="cpu", distributed_optimizer=True, tp=2) == []
 
 
+def test_overlap_options_need_cuda_and_the_distributed_optimizer():
+    on = dict(distributed_optimizer=True, overlap_grad_reduce=True, overlap_param_gather=True)
+    assert problems(2, device="cuda", **on) == []
+    assert problems(2, device="cuda", overlap_grad_reduce=True) == []
+    assert problems(2, device="cuda", overlap_param_gather=True, distributed_optimizer=True) == [
+        "parallel.overlap_param_gather=true needs parallel.distributed_optimizer=true and "
+        "parallel.overlap_grad_reduce=true (megatron gathers the weights its optimizer shards)"]
+    assert problems(2, device="cpu", **on) == [
+        "parallel.overlap_grad_reduce=true: megatron overlaps communication on CUDA streams; not available on "
+        "the CPU (set it false there)"]
+
+
 def test_good_layouts_pass():
     for layout, world in ((dict(tp=2, pp=2), 8), (dict(tp=2, sequence_parallel=True, cp=2), 4),
                           (dict(pp=2, vpp=2), 2), (dict(cp=4, cp_comm="ring"), 4)):
