@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from tapa_scale.config import ConfigError
     from tapa_scale.extend import load_plan, run_plan
-    from tapa_scale.extend.runner import describe
+    from tapa_scale.extend.runner import StageFailed, describe
 
     try:
         plan = load_plan(args.stages, args.overrides, world_size=args.world_size or args.nproc)
@@ -47,6 +47,9 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except Exception as e:  # a stage's training or evaluation failed: its own output said why
         import subprocess
         if isinstance(e, subprocess.CalledProcessError):

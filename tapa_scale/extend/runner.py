@@ -109,6 +109,10 @@ def check_settings_travel(plan: Plan, stage: Stage, previous: Path) -> None:
                               f"checkpoint {previous} has {want[key]!r} and this stage's rule does not change it")
 
 
+class StageFailed(RuntimeError):
+    """A stage's training process failed; names the stage."""
+
+
 def _latest(run_dir: Path) -> Optional[Path]:
     from ..train.checkpoint import latest_checkpoint
 
@@ -187,7 +191,12 @@ def run_plan(plan: Plan, *, nproc: int = 1, launcher: Optional[str] = None, igno
         log(f"stage {stage.name}: seq_len {stage.seq_len}, {stage.steps} steps of {stage.tokens_per_step:,} tokens"
             + ("" if stage.index == 0 else f", restored from {plan.stages[stage.index - 1].name}"
                + (" with its optimizer state" if stage.carry_optimizer else "")))
-        subprocess.run(_command(plan, stage, nproc, launcher), check=True)
+        try:
+            subprocess.run(_command(plan, stage, nproc, launcher), check=True)
+        except subprocess.CalledProcessError as e:
+            raise StageFailed(f"stage {stage.name!r} (seq_len {stage.seq_len}, {stage_dir}): training exited with "
+                              f"status {e.returncode}; the line before this one says why; rerun the same "
+                              f"command to resume") from None
         final = _latest(stage_dir)
         if final is None:
             raise ConfigError(f"stage {stage.name!r}: training ended without a checkpoint in {stage_dir} "

@@ -91,9 +91,15 @@ def layer_spec(cfg: ModelConfig, seq_len: int, context_parallel=None,
 
 
 def transformer_config(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32, tp: int = 1, pp: int = 1,
-                       cp: int = 1, sequence_parallel: bool = False, cpu_init: bool = True) -> TransformerConfig:
-    """megatron's TransformerConfig for our architecture; fusions that need CUDA extensions stay off."""
-    return TransformerConfig(
+                       cp: int = 1, sequence_parallel: bool = False, cpu_init: bool = True,
+                       recompute: str = "none") -> TransformerConfig:
+    """megatron's TransformerConfig for our architecture; fusions that need CUDA extensions stay off.
+
+    recompute="full": megatron's full activation recomputation, one layer at a time (each layer keeps
+    only its input and runs its forward again in backward)."""
+    rebuild = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1) \
+        if recompute == "full" else {}
+    return TransformerConfig(**rebuild,
         num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_heads,
         num_query_groups=cfg.kv_heads, kv_channels=cfg.head_dim, ffn_hidden_size=cfg.ffn_size,
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False,

@@ -38,7 +38,7 @@ def build_chunks(model_cfg, pcfg: ParallelConfig, groups: Groups, *, vocab_size:
         raise ValueError(f"vocabulary size {vocab_size} must be divisible by parallel.tp={groups.tp} "
                          f"(set model.vocab_size to a multiple)")
     config = transformer_config(model_cfg, dtype=dtype, tp=groups.tp, pp=groups.pp, cp=groups.cp,
-                                sequence_parallel=pcfg.sequence_parallel)
+                                sequence_parallel=pcfg.sequence_parallel, recompute=pcfg.recompute)
     if pcfg.vpp > 1:  # megatron reads the virtual stage count from the config when counting layers
         config.virtual_pipeline_model_parallel_size = pcfg.vpp
     hook = ContextParallel(groups.cp_group, pcfg.cp_comm) if groups.cp > 1 else None

@@ -31,10 +31,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         return _refuse(e)
     from ..data import DataError
-    from .loop import NonFiniteStop, train
+    from .loop import NonFiniteStop, OutOfMemory, train
     try:
         train(cfg)
-    except (ConfigError, DataError, NonFiniteStop) as e:  # refused resume, bad data, policy stop
+    except (ConfigError, DataError, NonFiniteStop, OutOfMemory) as e:  # refused resume, bad data, policy stop, OOM
         return _refuse(e)
     return 0
 

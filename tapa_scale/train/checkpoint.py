@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from .sharded import DIST, RNG, iter_files, read_full_tensors
+from .sharded import DIST, iter_files, read_full_tensors
 
 MARKER = "COMPLETE"
 MANIFEST = "manifest.json"

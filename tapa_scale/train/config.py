@@ -54,6 +54,7 @@ class TrainConfig:
     fault_stall_rank: int = -1      # the rank that stalls (-1 = every rank)
     fault_kill_in_save: str = ""    # SIGKILL rank 0 during the next save: "shards" (after the shards) | "manifest"
     fault_crash_at: int = 0         # rank 0 exits with status 1 after this step, on a first attempt only
+    fault_oom_at: int = 0           # this step raises torch's out-of-memory error (every rank)
                                     # (torchrun's TORCHELASTIC_RESTART_COUNT unset or 0)
 
 
@@ -74,7 +75,8 @@ def validate_train(t: TrainConfig) -> list[str]:
         errs.append(f"train.beta1/beta2=({t.beta1}, {t.beta2}): each must lie in [0, 1)")
     if t.precision not in ("auto", "fp32", "bf16"):
         errs.append(f"train.precision={t.precision!r}: expected auto, fp32 or bf16")
-    for key in ("keep_checkpoints", "max_bad_steps", "fault_nan_at", "fault_stall_at", "fault_crash_at"):
+    for key in ("keep_checkpoints", "max_bad_steps", "fault_nan_at", "fault_stall_at", "fault_crash_at",
+                "fault_oom_at"):
         if getattr(t, key) < 0:
             errs.append(f"train.{key}={getattr(t, key)}: must be >= 0")
     if t.watchdog_s < 0 or t.fault_stall_s < 0 or t.hang_timeout_s < 0:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import Config, ConfigError, to_yaml
+import torch
+
+from ..config import Config, to_yaml
 from ..ops import last_attention_impl
 from ..parallel import destroy_groups, init_groups
 from ..parallel.groups import wants_cuda
@@ -25,6 +27,10 @@ from .metrics import MetricsLogger
 from .optim import lr_at, set_lr
 from .setup import build_run
 from .step import evaluate, train_step
+
+
+class OutOfMemory(RuntimeError):
+    """A step did not fit in memory (reported in one line, exit status 2)."""
 
 
 class NonFiniteStop(RuntimeError):
@@ -89,7 +95,14 @@ def _train(cfg: Config, run) -> dict:
             set_lr(run.optimizer, lr := lr_at(step - 1, t))
             if t.fault_stall_at == step:
                 faults.stall(t.fault_stall_s, run.groups.rank, t.fault_stall_rank)
-            loss, grad_norm = train_step(run, batches, clock)
+            try:
+                if t.fault_oom_at == step:
+                    raise torch.OutOfMemoryError(f"fault injection: out of memory in step {step}")
+                loss, grad_norm = train_step(run, batches, clock)
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e):
+                    raise _out_of_memory(run, cfg, step) from e
+                raise
             steps_timed += 1
             state.update(step=step, tokens=state["tokens"] + accounting.tokens_per_step)
             with clock.phase("checkpoint"):
@@ -103,7 +116,7 @@ def _train(cfg: Config, run) -> dict:
                 if len(run.train_loader.sources) > 1:  # a mixture: tokens taken from each source
                     record["source_tokens"] = run.train_loader.source_tokens()
                 if last or (t.eval_every and step % t.eval_every == 0):
-                    record["val_loss"] = evaluate(run, t.eval_batches)
+                    record["val_loss"], record["val_loss_by_position"] = evaluate(run, t.eval_batches)
                 logger.log(record)
                 clock.reset()  # validation and logging above are not step time
                 steps_timed = 0
@@ -134,6 +147,18 @@ def _train(cfg: Config, run) -> dict:
         preempt.close()
         logger.close()
     return record
+
+
+def _out_of_memory(run, cfg: Config, step: int) -> "OutOfMemory":
+    """One line with what decides a step's memory, and what to change."""
+    p, used = cfg.parallel, ""
+    if run.device.type == "cuda":
+        total = torch.cuda.get_device_properties(run.device).total_memory
+        used = f" (peak {torch.cuda.max_memory_allocated(run.device) / 1e9:.1f} of {total / 1e9:.1f} GB)"
+    return OutOfMemory(f"{cfg.run.dir}: step {step}: out of memory{used} at data.seq_len={cfg.data.seq_len}, "
+                       f"train.micro_batch_size={cfg.train.micro_batch_size}, parallel.tp={p.tp} pp={p.pp} "
+                       f"cp={p.cp} recompute={p.recompute}: set parallel.recompute=full, a larger parallel.cp or "
+                       f"a smaller train.micro_batch_size (tools/scaling_study.py plan prices each)")
 
 
 def _handle_nonfinite(run, cfg: Config, guard, bad: int, state: dict, step: int, saver) -> int:

@@ -41,6 +41,9 @@ class MetricsLogger:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
+                elif key == "val_loss_by_position":  # one curve per position bucket, first bucket 00
+                    for i, v in enumerate(value):
+                        self.writer.add_scalar(f"{key}/{i:02d}", v, step)
         status = f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s"
         if "mfu" in record:
             status += f"  MFU {100 * record['mfu']:.1f}%"

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from ..model import TokenLayout
 from ..parallel.context_parallel import shard_sequence
 from ..parallel.parallelize import clip_grads, grad_norm, trainable_params
+from .metrics import position_buckets
 
 
 def prepare_batch(run, batch: dict) -> dict:
@@ -25,30 +26,40 @@ def prepare_batch(run, batch: dict) -> dict:
     g = run.groups
 
     def local(key):
-        return shard_sequence(batch[key], g.cp, g.cp_rank).to(run.device)
+        whole = batch[key] if key != "window_positions" else \
+            torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
+        return shard_sequence(whole, g.cp, g.cp_rank).to(run.device)
     layout = None
     if run.document_masking:  # attend within each packed document, positions restarting at 0
         layout = TokenLayout(positions=local("position_ids"), segment_ids=local("segment_ids"))
-    return {"input_ids": local("input_ids"), "labels": local("labels"), "layout": layout}
+    return {"input_ids": local("input_ids"), "labels": local("labels"), "layout": layout,
+            "positions": local("position_ids") if run.document_masking else local("window_positions")}
 
 
-def _loss(per_token: torch.Tensor, cp: int, means: list):
+def _loss(per_token: torch.Tensor, cp: int, means: list, positions=None, by_position=None):
     """Loss function for the last pipeline stage. per_token [b, s_local] -> (loss, report).
 
     megatron multiplies this loss by the context-parallel size and divides it by the number of
     micro-batches; DDP then averages over data x context parallel ranks. Returning this shard's mean
-    divided by cp makes the gradient that of the mean over all tokens (every shard has as many tokens)."""
+    divided by cp makes the gradient that of the mean over all tokens (every shard has as many tokens).
+    by_position (validation): float64 [2, buckets] sums and counts of the losses by the position each
+    token had (its position id), added to in place; `positions` maps a position to its bucket."""
     mean = per_token.float().mean()
     means.append(mean.detach().clone())
+    if by_position is not None:
+        bucket = positions.reshape(-1)
+        by_position[0].index_add_(0, bucket, per_token.detach().double().reshape(-1))
+        by_position[1].index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
     return mean / cp, {}
 
 
-def _forward_step(run, means: list):
+def _forward_step(run, means: list, by_position=None, bucket_of=None):
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
         with run.autocast():
             out = model(batch["input_ids"], None, None, labels=batch["labels"], packed_seq_params=batch["layout"])
-        return out, partial(_loss, cp=run.groups.cp, means=means)
+        buckets = bucket_of[batch["positions"]] if by_position is not None else None
+        return out, partial(_loss, cp=run.groups.cp, means=means, positions=buckets, by_position=by_position)
     return forward_step
 
 
@@ -56,7 +67,8 @@ def _untimed(part: str):
     return contextlib.nullcontext()
 
 
-def _run_schedule(run, microbatches: list, forward_only: bool, phase=None) -> float:
+def _run_schedule(run, microbatches: list, forward_only: bool, phase=None, by_position=None,
+                  bucket_of=None) -> float:
     """Forward (and backward) over the micro-batches; returns the mean loss over every rank's tokens.
     ``phase(part)``: a context timing a part of the step (accounting.StepClock.phase)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -65,7 +77,8 @@ def _run_schedule(run, microbatches: list, forward_only: bool, phase=None) -> fl
     means: list = []
     with phase("forward_backward"):
         get_forward_backward_func()(
-            forward_step_func=_forward_step(run, means), data_iterator=[iter(microbatches) for _ in run.chunks],
+            forward_step_func=_forward_step(run, means, by_position, bucket_of),
+            data_iterator=[iter(microbatches) for _ in run.chunks],
             model=run.chunks, num_microbatches=len(microbatches), seq_length=run.cfg.data.seq_len,
             micro_batch_size=run.cfg.train.micro_batch_size, forward_only=forward_only)
     with phase("grad_sync"):
@@ -121,15 +134,23 @@ def _update(run) -> float:
 
 
 @torch.no_grad()
-def evaluate(run, batches: int) -> float:
+def evaluate(run, batches: int) -> tuple[float, list]:
     """Mean validation loss over the first `batches` validation micro-batches of each data-parallel
-    rank (the same ones every time), averaged over all of them."""
+    rank (the same ones every time), averaged over all of them; and the mean loss in each position
+    bucket (metrics.position_buckets of data.seq_len: positions are those the model saw, restarting
+    at each document under train.document_masking), reduced over every rank."""
     for chunk in run.chunks:
         chunk.eval()
     microbatches = [prepare_batch(run, b) for b in itertools.islice(run.val_loader(), batches)]
     if run.cfg.parallel.vpp > 1:  # a validation set shorter than `batches`: whole rounds of pp only
         microbatches = microbatches[:len(microbatches) - len(microbatches) % run.cfg.parallel.pp]
-    loss = _run_schedule(run, microbatches, forward_only=True) if microbatches else 0.0
+    edges = position_buckets(run.cfg.data.seq_len)
+    bucket_of = torch.tensor([i for i, (a, b) in enumerate(edges) for _ in range(a, b)], device=run.device)
+    by_position = torch.zeros(2, len(edges), dtype=torch.float64, device=run.device)
+    loss = _run_schedule(run, microbatches, forward_only=True, by_position=by_position,
+                         bucket_of=bucket_of) if microbatches else 0.0
     for chunk in run.chunks:
         chunk.train()
-    return loss
+    if run.groups.world_size > 1:  # stages without the loss add zeros; TP copies scale sums and counts alike
+        dist.all_reduce(by_position)
+    return loss, (by_position[0] / by_position[1].clamp(min=1)).tolist()

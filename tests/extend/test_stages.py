@@ -140,3 +140,17 @@ def test_shipped_stages_files_resolve(name, world, encoding):
     if encoding == "yarn":
         assert plan.stages[-1].cfg.model.rope.original_length == plan.stages[0].seq_len
         assert plan.stages[-1].cfg.model.rope.scale > 1
+
+
+def test_a_stage_that_runs_out_of_memory_is_named_in_one_line(tmp_path):
+    """The second stage's first step raises torch's out-of-memory error (train.fault_oom_at): the trainer
+    names the length, batch and layout with what to change, the tool names the stage, nothing else."""
+    res = run_cli("tools/extend_context.py", "--stages", str(CI), f"run.dir={tmp_path}", *SMALL,
+                  "long:train.fault_oom_at=1", check=False, timeout=300)
+    assert res.returncode == 1, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert f"{tmp_path / 'long'}: step 1: out of memory at data.seq_len=64, train.micro_batch_size=" in errors[0]
+    assert "parallel.recompute=full" in errors[0]
+    assert errors[1].startswith(f"error: stage 'long' (seq_len 64, {tmp_path / 'long'}): training exited with status 2")
+    assert json.loads((tmp_path / "stages.json").read_text())["stages"][0]["status"] == "done"

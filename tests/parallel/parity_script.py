@@ -173,7 +173,8 @@ def run_layout(cfg: Config, groups, full_init: dict | None):
     from tapa_scale.train.step import evaluate, train_step
     batches = dp_view(global_batches("train", STEPS * MICRO), groups.dp_rank, groups.dp_size)
     losses, norms = zip(*(train_step(run, batches) for _ in range(steps_for(cfg))))
-    stats = {"losses": list(losses), "norms": list(norms), "val": evaluate(run, 2)}
+    val, val_by_position = evaluate(run, 2)
+    stats = {"losses": list(losses), "norms": list(norms), "val": val, "val_by_position": val_by_position}
     if cfg.parallel.distributed_optimizer:
         stats["zero"] = zero_memory(run, chunks)
     return chunks, optimizer.grads, stats

@@ -43,6 +43,10 @@ def _check(results, layout: str) -> None:
     assert got["losses"] == pytest.approx(ref["losses"], rel=LOSS_RTOL), "losses"
     assert got["norms"] == pytest.approx(ref["norms"], rel=LOSS_RTOL), "gradient norms"
     assert got["val"] == pytest.approx(ref["val"], rel=LOSS_RTOL), "validation loss"
+    # by position: the same buckets of the same tokens whatever shard of the sequence a rank held
+    assert got["val_by_position"] == pytest.approx(ref["val_by_position"], rel=LOSS_RTOL), "loss by position"
+    if not parse(layout)["docs"]:  # window positions: buckets of as many tokens average to val (float32 means)
+        assert sum(got["val_by_position"]) / len(got["val_by_position"]) == pytest.approx(got["val"], rel=1e-6)
     assert max(got["grad_errors"]) < GRAD_TOL, f"gradients per step: {got['grad_errors']}"
     assert got["param_error"] < GRAD_TOL, "weights after the last step"
 
