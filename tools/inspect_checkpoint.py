@@ -46,25 +46,27 @@ def _entry(name: str, shape, dtype: str) -> dict:
             "bytes": math.prod(shape) * known.itemsize if isinstance(known, torch.dtype) else None}
 
 
-def dist_tensors(dist_dir: Path) -> list[dict]:
-    """Global name, shape and dtype of every tensor in dist/ from its .metadata (no tensor data read)."""
+def dist_metadata(dist_dir: Path):
+    """dist/.metadata, its pickle replayed through an allow-list before torch reads it."""
     import torch.distributed.checkpoint as dcp
+
+    check_metadata_pickle(dist_dir)
+    return dcp.FileSystemReader(str(dist_dir)).read_metadata()
+
+
+def dist_tensors(meta) -> list[dict]:
+    """Global name, shape and dtype of every tensor in dist/ (from its metadata: no tensor data read)."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    check_metadata_pickle(dist_dir)  # the pickle replayed through an allow-list before torch reads it
-    meta = dcp.FileSystemReader(str(dist_dir)).read_metadata()
     return [_entry(k, m.size, str(m.properties.dtype).removeprefix("torch."))
             for k, m in meta.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)]
 
 
-def optimizer_bytes_per_rank(dist_dir: Path) -> dict[int, int]:
-    """Bytes of optimizer state each rank wrote into dist/ (from the storage entries of .metadata: the
-    writer's rank is the first number of its `__<rank>_<n>.distcp` file)."""
-    import torch.distributed.checkpoint as dcp
-
-    check_metadata_pickle(dist_dir)
+def optimizer_bytes_per_rank(meta) -> dict[int, int]:
+    """Bytes of optimizer state each rank wrote into dist/ (from the storage entries of the metadata:
+    the writer's rank is the first number of its `__<rank>_<n>.distcp` file)."""
     out: dict[int, int] = {}
-    for index, where in dcp.FileSystemReader(str(dist_dir)).read_metadata().storage_data.items():
+    for index, where in meta.storage_data.items():
         if is_optimizer_key(index.fqn):
             rank = int(where.relative_path.split("_")[2])
             out[rank] = out.get(rank, 0) + where.length
@@ -117,9 +119,11 @@ def inspect(path: Path, checksums: bool = True) -> dict:
     out["model_config"] = (config or {}).get("model")
     out["config"] = config
 
-    tensors, source = [], None
+    tensors, source, per_rank = [], None, {}
     if (path / DIST).is_dir():
-        source, tensors = DIST, attempt(DIST, lambda: dist_tensors(path / DIST), [])
+        source, meta = DIST, attempt(DIST, lambda: dist_metadata(path / DIST))
+        if meta is not None:
+            tensors, per_rank = dist_tensors(meta), optimizer_bytes_per_rank(meta)
     elif (path / "model.safetensors").is_file():
         source = "model.safetensors"
         tensors = attempt(source, lambda: safetensors_tensors(path / source), [])
@@ -127,8 +131,6 @@ def inspect(path: Path, checksums: bool = True) -> dict:
     out["tensors"] = [t for t in tensors if not is_optimizer_key(t["name"])]
     out["optimizer_tensors"] = [t for t in tensors if is_optimizer_key(t["name"])]
     out["parameters"] = sum(math.prod(t["shape"]) for t in out["tensors"])
-    per_rank = attempt("optimizer shards", lambda: optimizer_bytes_per_rank(path / DIST), {}) \
-        if source == DIST else {}
     out["optimizer_state"] = optimizer_sharding(out["layout"], per_rank)
 
     sizes = {"total": 0, DIST: 0, RNG: 0, "model.safetensors": 0, "tokenizer": 0, "other": 0}
