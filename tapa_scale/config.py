@@ -106,6 +106,9 @@ def validate(cfg: Config, *, world_size: int = 1, check_paths: bool = True) -> l
                 errs.append(f"{key}={value!r}: directory not found")
         if cfg.train.init_from and not Path(cfg.train.init_from).exists():
             errs.append(f"train.init_from={cfg.train.init_from!r}: no such checkpoint or run directory")
+    if not errs and cfg.model.tapa.rope_heads and (cfg.parallel.tp > 1 or cfg.parallel.cp > 1):
+        errs.append(f"model.tapa.rope_heads={cfg.model.tapa.rope_heads}: local-RoPE heads run without tensor or "
+                    f"context parallelism for now (parallel.tp={cfg.parallel.tp}, parallel.cp={cfg.parallel.cp})")
     if not errs:
         errs += validate_parallel(cfg.parallel, num_heads=cfg.model.num_heads, kv_heads=cfg.model.kv_heads,
                                   num_layers=cfg.model.num_layers, seq_len=d.seq_len, world_size=world_size,

@@ -17,6 +17,9 @@ class TapaLMConfig(PretrainedConfig):
     position_encoding: tapa | nope | alibi.
     tapa_alpha, tapa_theta, tapa_phase: TAPA's distance exponent, amplitude share of the head dim
         and phase form (quadratic = the method, linear = the paper's ablation).
+    tapa_rope_heads, tapa_rope_window, tapa_rope_theta: local-RoPE heads beside TAPA's: the first
+        tapa_rope_heads query heads score by RoPE (base tapa_rope_theta) over keys fewer than
+        tapa_rope_window positions behind the query (0 heads: plain TAPA).
     max_position_embeddings: the training sequence length (informative: no encoding here has a
         hard limit, and TAPA is meant to run beyond it).
     """
@@ -28,6 +31,7 @@ class TapaLMConfig(PretrainedConfig):
                  num_attention_heads=4, num_key_value_heads=None, rms_norm_eps=1e-5,
                  max_position_embeddings=2048, initializer_range=0.02, tie_word_embeddings=True,
                  position_encoding="tapa", tapa_alpha=0.1, tapa_theta=0.5, tapa_phase="quadratic",
+                 tapa_rope_heads=0, tapa_rope_window=0, tapa_rope_theta=10000.0,
                  use_cache=True, bos_token_id=None, eos_token_id=None,
                  pad_token_id=None, **kwargs):
         if position_encoding not in POSITION_ENCODINGS:
@@ -51,6 +55,9 @@ class TapaLMConfig(PretrainedConfig):
         self.tapa_alpha = tapa_alpha
         self.tapa_theta = tapa_theta
         self.tapa_phase = tapa_phase
+        self.tapa_rope_heads = tapa_rope_heads
+        self.tapa_rope_window = tapa_rope_window
+        self.tapa_rope_theta = tapa_rope_theta
         self.use_cache = use_cache
         super().__init__(tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id,
                          eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)

@@ -73,7 +73,8 @@ def hf_config(cfg: Config, vocab_size: int, token_ids: dict, dtype: torch.dtype)
     else:
         config = TapaLMConfig(**common, max_position_embeddings=cfg.data.seq_len,
                               position_encoding=m.pos_encoding, tapa_alpha=t.alpha, tapa_theta=t.theta,
-                              tapa_phase=t.phase)
+                              tapa_phase=t.phase, tapa_rope_heads=t.rope_heads, tapa_rope_window=t.rope_window,
+                              tapa_rope_theta=m.rope.base)
         config.architectures = ["TapaLMForCausalLM"]
         config.auto_map = dict(AUTO_MAP)
     # transformers >= 4.56 names the field `dtype` (setting `torch_dtype` there warns)

@@ -66,8 +66,9 @@ def model_from_tapa(raw: dict) -> tuple[ModelConfig, int]:
         num_layers=c.num_hidden_layers, hidden_size=c.hidden_size, num_heads=c.num_attention_heads,
         num_kv_heads=c.num_key_value_heads, ffn_hidden_size=c.intermediate_size, vocab_size=c.vocab_size,
         tie_embeddings=c.tie_word_embeddings, norm_eps=c.rms_norm_eps, init_std=c.initializer_range,
-        pos_encoding=kind, tapa=TapaConfig(alpha=c.tapa_alpha, theta=c.tapa_theta, phase=c.tapa_phase),
-        rope=rope)
+        pos_encoding=kind, tapa=TapaConfig(alpha=c.tapa_alpha, theta=c.tapa_theta, phase=c.tapa_phase,
+                                           rope_heads=c.tapa_rope_heads, rope_window=c.tapa_rope_window),
+        rope=RopeConfig(base=float(c.tapa_rope_theta)) if c.tapa_rope_heads else rope)
     return model, c.max_position_embeddings
 
 

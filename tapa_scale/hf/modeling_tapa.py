@@ -12,6 +12,9 @@ tapa_split below) and phase dims (the rest);
     phi = q_P.k_P / sqrt(d_phase) (quadratic) or (sum q_P + sum k_P) / sqrt(d_phase) (linear),
 then a causal softmax and the weighted sum of V. No rotary embedding, no other scale.
 ALiBi: the logit gets -slope_h * |m - n|. NoPE: the causal mask only.
+Local-RoPE heads (tapa_rope_heads > 0): the first tapa_rope_heads query heads (and their key/value heads)
+score q.k / sqrt(D) after the rotary embedding (rotate-half, angles pos * theta^(-2i/D)), only over keys
+with 0 <= pos_m - pos_n < tapa_rope_window; the other heads are TAPA's.
 
 Positions: a token's position is its index among the real (unmasked) tokens of its row, i.e.
 cumsum(attention_mask) - 1, so left padding does not shift positions; `position_ids`, when given,
@@ -79,6 +82,16 @@ def tapa_scores(q, k, distance, config: TapaLMConfig) -> torch.Tensor:
     return amplitude * torch.cos(2 * math.pi * distance.pow(config.tapa_alpha) * phi)
 
 
+def rotate(x, pos, theta: float) -> torch.Tensor:
+    """x (B, H, N, D) rotated by angles pos (B, N) * theta^(-2i/D), halves [x1, x2] -> [x1 c - x2 s, x2 c + x1 s]."""
+    d = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+    angles = pos.to(torch.float64)[:, None, :, None] * inv_freq
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
 def attend(q, k, v, q_pos, k_pos, key_mask, past: int, config: TapaLMConfig) -> torch.Tensor:
     """Causal attention of q (B, Hq, Nq, D) over k, v (B, Hkv, Nk, D), Nk = past + Nq.
 
@@ -94,12 +107,21 @@ def attend(q, k, v, q_pos, k_pos, key_mask, past: int, config: TapaLMConfig) -> 
     kind = config.position_encoding
     scale = 1.0 / math.sqrt(D)
     slopes = alibi_slopes(Hq).to(device=q.device, dtype=compute).view(1, Hkv, -1, 1, 1) if kind == "alibi" else None
+    local = config.tapa_rope_heads // (Hq // Hkv) if kind == "tapa" else 0  # key/value heads of the local-RoPE heads
+    if local:
+        q_rot = rotate(qg[:, :local].reshape(B, -1, Nq, D), q_pos, config.tapa_rope_theta).view(B, local, -1, Nq, D)
+        k_rot = rotate(kc[:, :local, 0], k_pos, config.tapa_rope_theta)[:, :, None]
     outs = []
     for start in range(0, Nq, QUERY_CHUNK):
         stop = min(start + QUERY_CHUNK, Nq)
         distance = (q_pos[:, start:stop, None] - k_pos[:, None, :]).abs().to(compute)[:, None, None]
         if kind == "tapa":
             scores = tapa_scores(qg[:, :, :, start:stop], kc, distance, config)
+            if local:
+                near = (q_pos[:, start:stop, None] - k_pos[:, None, :]) < config.tapa_rope_window  # (B, C, Nk)
+                dot = (q_rot[:, :, :, start:stop] @ k_rot.transpose(-1, -2) * scale).masked_fill(
+                    ~near[:, None, None], float("-inf"))
+                scores = torch.cat((dot, scores[:, local:]), dim=1)
         else:
             scores = qg[:, :, :, start:stop] @ kc.transpose(-1, -2) * scale
             if slopes is not None:
@@ -124,7 +146,7 @@ def attend_fused(q, k, v, q_pos, k_pos, key_mask, past: int, config: TapaLMConfi
 def use_fast_path(config: TapaLMConfig, q: torch.Tensor) -> bool:
     """TAPA on a FAST_PATH_DEVICES device with tapa_scale importable, and inputs the kernel takes
     (dtype, head dim): anything else stays on `attend`, which serves every case."""
-    if (config.position_encoding != "tapa" or _fused_tapa_attention is None
+    if (config.position_encoding != "tapa" or _fused_tapa_attention is None or config.tapa_rope_heads
             or q.device.type not in FAST_PATH_DEVICES):
         return False
     if not q.is_cuda:  # CPU only when a test forces it: the op then runs its reference

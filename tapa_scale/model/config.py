@@ -12,6 +12,8 @@ class TapaConfig:
     alpha: float = 0.1          # distance exponent in |m-n|^alpha (paper default)
     theta: float = 0.5          # share of each head's dims used for the amplitude
     phase: str = "quadratic"    # quadratic (the method) | linear (the paper's ablation)
+    rope_heads: int = 0         # local-RoPE heads: the first rope_heads query heads score by RoPE ...
+    rope_window: int = 0        # ... over the last rope_window positions only (docs/model.md); 0 heads = off
 
 
 @dataclass
@@ -62,7 +64,8 @@ class ModelConfig:
                                   original_length=r.original_length or seq_len,
                                   beta_fast=r.beta_fast, beta_slow=r.beta_slow,
                                   attention_factor=r.attention_factor, low_freq_factor=r.low_freq_factor,
-                                  high_freq_factor=r.high_freq_factor)
+                                  high_freq_factor=r.high_freq_factor, rope_heads=t.rope_heads,
+                                  rope_window=t.rope_window)
 
 
 # Model keys that choose how the same function is computed, not which function: a run may resume
@@ -113,6 +116,16 @@ def validate_model(m: ModelConfig) -> list[str]:
         errs.append(f"model.tapa.alpha={m.tapa.alpha}: must be > 0")
     if m.tapa.phase not in PHASES:
         errs.append(f"model.tapa.phase={m.tapa.phase!r}: expected one of {', '.join(PHASES)}")
+    t = m.tapa
+    if t.rope_heads or t.rope_window:
+        group = m.num_heads // m.kv_heads if m.num_heads % m.kv_heads == 0 else 1
+        if m.pos_encoding != "tapa":
+            errs.append(f"model.tapa.rope_heads={t.rope_heads}: local-RoPE heads are a TAPA option; "
+                        f"model.pos_encoding={m.pos_encoding} (set rope_heads=0)")
+        elif not 0 < t.rope_heads < m.num_heads or t.rope_heads % group or t.rope_window < 1 or m.head_dim % 2:
+            errs.append(f"model.tapa.rope_heads={t.rope_heads}, rope_window={t.rope_window}: expected 0 < rope_heads "
+                        f"< num_heads={m.num_heads}, a multiple of the {group} query heads per key/value head, "
+                        f"rope_window >= 1 and an even head dim ({m.head_dim})")
     if m.pos_encoding in ROTARY and m.head_dim % 2:
         errs.append(f"model.pos_encoding={m.pos_encoding} needs an even head dim, got {m.head_dim}")
     if not m.rope.base > 1.0:

@@ -39,6 +39,8 @@ class PositionalEncoding:
     low_freq_factor: float = 1.0   # llama3 wavelength bounds: original_length / these
     high_freq_factor: float = 4.0
     num_heads: int = 0             # alibi: the model's query heads (0: the heads attention is given)
+    rope_heads: int = 0            # tapa: the first rope_heads query heads score by RoPE (rope_base) ...
+    rope_window: int = 0           # ... over the last rope_window positions only (q - k < rope_window)
 
     def __post_init__(self):
         if self.kind not in ENCODINGS:
@@ -176,6 +178,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: Posit
     """
     masks = dict(causal=causal, q_positions=q_positions, k_positions=k_positions,
                  q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids, return_lse=return_lse)
+    if encoding.kind == "tapa" and encoding.rope_heads:
+        return tapa_with_local_rope(q, k, v, encoding, impl=impl, **masks)
     if encoding.kind == "tapa":
         return tapa_attention(q, k, v, alpha=encoding.alpha, theta=encoding.theta,
                               phase=encoding.phase, impl=impl, **masks)
@@ -200,6 +204,38 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding: Posit
     score_fn = partial(dot_product_scores, scale=scale, slopes=slopes)
     _ran("reference")
     return chunked_attention(q, k, v, score_fn, **masks)
+
+
+def local_rope_scores(q, k, q_pos, k_pos, *, scale: float, window: int):
+    """Dot-product logits of rotated q and k for keys at most window - 1 positions behind the query
+    (a ScoreFn: farther keys get -inf, so such a head never meets a distance it did not train on)."""
+    scores = dot_product_scores(q, k, q_pos, k_pos, scale=scale, slopes=None)
+    far = (q_pos[:, :, None] - k_pos[:, None, :]) >= window  # (Bp, C, Nk)
+    return scores.masked_fill(far[:, None, None], float("-inf"))
+
+
+def tapa_with_local_rope(q, k, v, encoding: PositionalEncoding, *, impl="auto", **masks):
+    """TAPA whose first `rope_heads` query heads (with their key/value heads) attend by RoPE within a
+    local window instead: those heads through the chunked reference, the others through TAPA as usual.
+    The head split must follow the key/value groups (rope_heads a multiple of Hq / Hkv)."""
+    check_qkv(q, k, v)
+    h, group = encoding.rope_heads, q.shape[1] // k.shape[1]
+    if h % group or not 0 < h < q.shape[1] or encoding.rope_window < 1:
+        raise ValueError(f"rope_heads={h}, rope_window={encoding.rope_window} with {q.shape[1]} query and "
+                         f"{k.shape[1]} key/value heads: expected 0 < rope_heads < query heads, a multiple "
+                         f"of {group}, and rope_window >= 1")
+    hk, D = h // group, q.shape[-1]
+    inv_freq = rope.rope_inv_freq(D, encoding.rope_base)
+    rows = lambda ids, t, name: as_position_rows(ids, t.shape[0], t.shape[2], t.device, name)  # noqa: E731
+    ql = rope.apply_rotary(q[:, :h], rows(masks["q_positions"], q, "q_positions"), inv_freq)
+    kl = rope.apply_rotary(k[:, :hk], rows(masks["k_positions"], k, "k_positions"), inv_freq)
+    score_fn = partial(local_rope_scores, scale=1.0 / math.sqrt(D), window=encoding.rope_window)
+    local = chunked_attention(ql, kl, v[:, :hk], score_fn, **masks)
+    rest = tapa_attention(q[:, h:], k[:, hk:], v[:, hk:], alpha=encoding.alpha, theta=encoding.theta,
+                          phase=encoding.phase, impl=impl, **masks)
+    if masks["return_lse"]:
+        return torch.cat((local[0], rest[0]), 1), torch.cat((local[1], rest[1]), 1)
+    return torch.cat((local, rest), 1)
 
 
 def flex_attention_of(q, k, v, *, scale, slopes, causal, q_positions, k_positions, q_segment_ids,

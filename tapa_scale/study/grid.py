@@ -122,9 +122,9 @@ def _runs(file, raw, base: Path, overrides: list, rules: dict) -> list:
     for i, entry in enumerate(raw["grid"]):
         if not isinstance(entry, dict) or set(entry) - {"variants", "sizes", "seeds"}:
             raise _fail(file, f"grid[{i}]: a mapping of variants, sizes, seeds")
-        for v in entry.get("variants", []):
-            for s in entry.get("sizes", []):
-                for seed in entry.get("seeds", [0]):
+        for s in entry.get("sizes", []):  # the smallest size's rows first when sizes are listed small to large
+            for seed in entry.get("seeds", [0]):
+                for v in entry.get("variants", []):
                     for key, table in (("variants", v), ("sizes", s)):
                         if table not in raw[key]:
                             raise _fail(file, f"grid[{i}]: {key[:-1]} {table!r} is not defined under `{key}`")

@@ -29,6 +29,9 @@ CASES = {
     "llama3": dict(pos_encoding="llama3", num_kv_heads=2,
                    rope={"scale": 8.0, "base": 500.0, "original_length": 16, "high_freq_factor": 2.0}),
     "alibi-6-heads": dict(pos_encoding="alibi", hidden_size=96, num_heads=6, num_kv_heads=3),
+    # two local-RoPE heads (one key/value head) with a 24-token window against 96 positions
+    "tapa-local-rope-gqa": dict(pos_encoding="tapa", num_kv_heads=2, tapa={"rope_heads": 2, "rope_window": 24},
+                                rope={"base": 500.0}),
     "nope": dict(pos_encoding="nope"),
 }
 
