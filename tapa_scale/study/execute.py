@@ -54,14 +54,14 @@ class Results:
             os.replace(tmp, self.path)  # a kill leaves the old file or the new one
 
 
-def _plan(study: Study, run: Run, rule: str, pretrain_dir: Optional[Path], extra=()):
+def _plan(study: Study, run: Run, rule: str, pretrain_dir: Optional[Path], extra=(), nproc: int = 1):
     from ..extend import load_plan
 
     spec = stages_file(study, run, rule, pretrain_dir)
     target = Path(spec["run_dir"]) / "study_stages.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_plan(target, [*run.overrides, *extra])
+    return load_plan(target, [*run.overrides, *extra], world_size=nproc)
 
 
 def _train(study: Study, run: Run, rule: str, pretrain_dir, extra, nproc: int, log) -> dict:
@@ -69,7 +69,7 @@ def _train(study: Study, run: Run, rule: str, pretrain_dir, extra, nproc: int, l
     from ..extend import run_plan
     from ..train.checkpoint import latest_checkpoint, read_state
 
-    plan = _plan(study, run, rule, pretrain_dir, extra)
+    plan = _plan(study, run, rule, pretrain_dir, extra, nproc)
     stage_dir = plan.run_dir / plan.stages[0].name
     resumed = stage_dir.is_dir() and latest_checkpoint(stage_dir) is not None
     start = time.perf_counter()

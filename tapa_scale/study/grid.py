@@ -9,7 +9,7 @@ evaluated zero-shot at multiples of it, extended with one stage and evaluated ag
     extend: {multiple: 4, steps: 100, lr: {...}, batch: {...}, carry_optimizer: true, set: {...}}
     eval: {zero_shot: [1, 2, 4, 8], extended: [1, 2, 4, 8, 16], max_tokens: 30000,
            passkey: {trials: 10, depths: [0.0, 0.5, 1.0], multiples: [1, 4, 16]}, device: auto}
-    sizes: {s: {model.num_layers: 2, model.hidden_size: 64, ...}, ...}
+    sizes: {s: {model.num_layers: 2, model.hidden_size: 64, ...}, ...}   # (+ pretrain_steps: N of its own)
     variants: {tapa: {model.pos_encoding: tapa}, tapa_lr5: {model.pos_encoding: tapa, lr_scale: 0.2}, ...}
     rules: {pi: {pos_encoding: pi, scale: multiple}, yarn: {...}, rope_base: {base: ntk}}
     grid:                               # each entry: every variant x size x seed listed
@@ -48,6 +48,7 @@ class Run:
     seed: int
     overrides: list                 # key=value on top of the base: size, variant, seed
     lr_scale: float = 1.0
+    pretrain_steps: Optional[int] = None   # the size's own pretraining steps (sizes.<size>.pretrain_steps)
     encoding: str = "tapa"
     rules: list = field(default_factory=list)   # extension rules this run is extended under (NONE included)
 
@@ -138,9 +139,10 @@ def _runs(file, raw, base: Path, overrides: list, rules: dict) -> list:
 
 
 def _run(file, raw, base, overrides, rules, name, variant, size, seed) -> Run:
-    spec = dict(raw["variants"][variant] or {})
+    spec, sized = dict(raw["variants"][variant] or {}), dict(raw["sizes"][size] or {})
     lr_scale = float(spec.pop("lr_scale", 1.0))
-    o = [f"{k}={_scalar(v)}" for k, v in (raw["sizes"][size] or {}).items()]
+    steps = sized.pop("pretrain_steps", None)
+    o = [f"{k}={_scalar(v)}" for k, v in sized.items()]
     o += [f"{k}={_scalar(v)}" for k, v in spec.items()]
     o += [f"train.seed={seed}", *overrides]
     try:
@@ -151,7 +153,7 @@ def _run(file, raw, base, overrides, rules, name, variant, size, seed) -> Run:
     if enc in RULE_ENCODINGS and enc != "rope":
         raise _fail(file, f"variants.{variant}: model.pos_encoding={enc}: the RoPE family's rules are applied to "
                           f"a plain rope pretraining (list them under `rules`), not pretrained")
-    return Run(name, variant, size, seed, o, lr_scale, enc, [NONE, *rules] if enc == "rope" else [NONE])
+    return Run(name, variant, size, seed, o, lr_scale, steps, enc, [NONE, *rules] if enc == "rope" else [NONE])
 
 
 def rule_overrides(rule: dict, multiple: int, head_dim: int, base: float, train_length: int) -> list:
@@ -178,6 +180,7 @@ def stages_file(study: Study, run: Run, rule: str, pretrain_dir: Optional[Path])
     p, e = study.pretrain, study.extend
     if pretrain_dir is None:
         stage = {"name": f"pretrain_{p['seq_len']}", "seq_len": p["seq_len"], **_phase(p, run.lr_scale)}
+        stage["steps"] = run.pretrain_steps or stage["steps"]
         return {"base": str(study.base), "run_dir": str(study.run_dir / run.name), "stages": [stage]}
     length = p["seq_len"] * e["multiple"]
     stage = {"name": f"extend_{length}", "seq_len": length, "init_from": str(pretrain_dir),

@@ -30,6 +30,10 @@ def test_overrides_win_and_are_typed():
     (["parallel.tp=3"], "parallel.tp=3 must divide model.num_heads=4"),
     (["parallel.pp=3"], "parallel.pp=3 must divide model.num_layers=4"),
     (["parallel.cp=2", "data.seq_len=126"], "divisible by 2*parallel.cp=4"),
+    (["model.tapa.rope_heads=4", "model.tapa.rope_window=16"], "model.tapa.rope_heads=4, rope_window=16: expected"),
+    (["model.tapa.rope_heads=1"], "rope_window=0: expected"),
+    (["model.tapa.rope_heads=1", "model.tapa.rope_window=8", "model.pos_encoding=rope"], "a TAPA option"),
+    (["model.tapa.rope_heads=2", "model.tapa.rope_window=8", "parallel.tp=2"], "without tensor or context"),
     (["train.steps"], "expected key=value"),
     (["data.path=/no/such/dir"], "data.path='/no/such/dir': directory not found"),
 ])
