@@ -14,6 +14,7 @@ import shlex
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +32,7 @@ def identity(stage: Stage) -> dict:
     c = stage.cfg
     out = {f"model.{k}": v for k, v in model_identity(c.model, c.data.seq_len).items()}
     out.update({f"data.{k}": getattr(c.data, k) for k in ("seq_len", "path", "tokenizer", "shuffle")})
+    out["data.sources"] = [asdict(src) for src in c.data.sources]
     out.update({f"train.{k}": getattr(c.train, k) for k in (
         "steps", "seed", "lr", "warmup_steps", "min_lr_ratio", "global_batch_size", "beta1", "beta2", "eps",
         "weight_decay", "grad_clip", "document_masking", "init_optimizer")})
@@ -56,7 +58,8 @@ class StageState:
             rec = by_name.get(stage.name)
             now = identity(stage)
             if rec and rec["status"] in ("done", "gated"):
-                changed = [k for k in sorted(set(now) | set(rec["identity"])) if now.get(k) != rec["identity"].get(k)]
+                changed = [k for k in sorted(set(now) | set(rec["identity"])) if now.get(k) != rec["identity"].get(k)
+                           and not (k not in rec["identity"] and now.get(k) == [])]  # a key added since: default
                 if changed:
                     k = changed[0]
                     raise ConfigError(f"{plan.file}: stage {stage.name!r} is finished; it trained with {k}="

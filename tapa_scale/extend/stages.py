@@ -16,6 +16,7 @@ config (tools/extend_context.py; docs/extension.md).
         batch: {tokens_per_step: 4096}        # 8 sequences of 512: the tokens per step stay
         carry_optimizer: true                 # restore the AdamW moments (and their step counts) too
         rule: {tapa: none, nope: none, alibi: none, rope: {base: 500000}, pi: {scale: 4}, yarn: {scale: 4}}
+        data: {sources: [{path: DIR, weight: 0.6}, {path: LONG, weight: 0.4, min_doc_tokens: 2048}]}
         set: {parallel.cp: 2}                 # any other config key, for this stage only
         gate: {max_short_ppl_increase: 0.03, min_passkey: 0.9}
         eval: {max_tokens: 20000, trials: 4}  # or false
@@ -40,7 +41,7 @@ from ..model.config import RopeConfig
 from ..ops import ENCODINGS
 
 STAGE_KEYS = {"name", "seq_len", "steps", "lr", "batch", "carry_optimizer", "rule", "set", "gate", "eval",
-              "init_from", "allow_same_length"}
+              "init_from", "allow_same_length", "data"}
 LR_KEYS = {"peak": "train.lr", "warmup": "train.warmup_steps", "min_ratio": "train.min_lr_ratio"}
 GATE_KEYS = {"max_short_ppl_increase", "min_passkey"}
 EVAL_KEYS = {"max_tokens": 20000, "trials": 4, "depths": [0.0, 0.5, 1.0]}
@@ -170,10 +171,15 @@ def _stage(file, i, spec, prev: Optional[Stage], encoding: str, base_cfg: Config
         o.append(f"train.init_optimizer={str(carry).lower()}")
     elif carry:
         raise _fail(file, name, "carry_optimizer: the first stage has no previous optimizer (give init_from)")
+    data = spec.get("data") or {}
+    if not isinstance(data, dict) or "seq_len" in data:
+        raise _fail(file, name, "data: a mapping of data keys for this stage, e.g. {sources: [{path: DIR, weight: "
+                                "0.6}, {path: DIR2, weight: 0.4, min_doc_tokens: 4096}]} (seq_len is the stage's own)")
+    o += [f"data.{k}={override_value(v)}" for k, v in data.items()]
     sets = spec.get("set") or {}
     if not isinstance(sets, dict):
         raise _fail(file, name, "set: a mapping of config keys to values")
-    o += [f"{k}={_scalar(v)}" for k, v in sets.items()]
+    o += [f"{k}={override_value(v)}" for k, v in sets.items()]
     gate = spec.get("gate") or {}
     if set(gate) - GATE_KEYS:
         raise _fail(file, name, f"gate: unknown key(s) {sorted(set(gate) - GATE_KEYS)} (expected {sorted(GATE_KEYS)})")
@@ -231,5 +237,8 @@ def _rule(file, name, rule, encoding: str, first: bool) -> dict:
     return dict(entry) if isinstance(entry, dict) else {}
 
 
-def _scalar(v) -> str:
+def override_value(v) -> str:
+    """An override's value: booleans as YAML spells them, lists and mappings as one line of YAML."""
+    if isinstance(v, (list, dict)):
+        return yaml.safe_dump(v, default_flow_style=True, width=10**9).strip()
     return str(v).lower() if isinstance(v, bool) else str(v)

@@ -31,6 +31,7 @@ from typing import Optional
 import yaml
 
 from ..config import ConfigError, load_config
+from ..extend.stages import override_value
 
 TOP_KEYS = {"base", "results", "run_dir", "pretrain", "extend", "eval", "sizes", "variants", "rules", "grid"}
 PHASE_KEYS = {"seq_len", "steps", "lr", "batch", "set", "multiple", "carry_optimizer"}
@@ -142,8 +143,8 @@ def _run(file, raw, base, overrides, rules, name, variant, size, seed) -> Run:
     spec, sized = dict(raw["variants"][variant] or {}), dict(raw["sizes"][size] or {})
     lr_scale = float(spec.pop("lr_scale", 1.0))
     steps = sized.pop("pretrain_steps", None)
-    o = [f"{k}={_scalar(v)}" for k, v in sized.items()]
-    o += [f"{k}={_scalar(v)}" for k, v in spec.items()]
+    o = [f"{k}={override_value(v)}" for k, v in sized.items()]
+    o += [f"{k}={override_value(v)}" for k, v in spec.items()]
     o += [f"train.seed={seed}", *overrides]
     try:
         cfg = load_config(str(base), o, check_paths=False)
@@ -201,7 +202,3 @@ def _phase(spec: dict, lr_scale: float) -> dict:
     if spec.get("set"):
         out["set"] = spec["set"]
     return out
-
-
-def _scalar(v) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)

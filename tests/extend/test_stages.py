@@ -78,6 +78,29 @@ def test_bad_stage_files_are_refused_in_one_line(tmp_path, edit, overrides, mess
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
+def test_a_stage_names_its_own_data_sources_and_they_become_part_of_what_it_trained(tmp_path):
+    from tapa_scale.extend.runner import StageState
+
+    sources = [{"path": str(tmp_path / "short_docs"), "weight": 0.6},
+               {"path": str(tmp_path / "books"), "weight": 0.4, "min_doc_tokens": 96}]
+    path = _stages_file(tmp_path, lambda r: r["stages"][1].update(data={"sources": sources}))
+    plan = load_plan(path, SMALL + [f"run.dir={tmp_path / 'run'}"])
+    short, long = plan.stages
+    assert short.cfg.data.sources == []
+    assert [(s.path, s.weight, s.min_doc_tokens) for s in long.cfg.data.sources] == [
+        (str(tmp_path / "short_docs"), 0.6, 0), (str(tmp_path / "books"), 0.4, 96)]
+    state = StageState(plan)
+    state[1]["status"] = "done"
+    state.save()
+    sources[1]["weight"] = 0.5
+    path = _stages_file(tmp_path, lambda r: r["stages"][1].update(data={"sources": sources}))
+    with pytest.raises(ConfigError, match="stage 'long' is finished; it trained with data.sources="):
+        StageState(load_plan(path, SMALL + [f"run.dir={tmp_path / 'run'}"]))
+    bad = _stages_file(tmp_path, lambda r: r["stages"][1].update(data={"seq_len": 96}))
+    with pytest.raises(ConfigError, match="seq_len is the stage's own"):
+        load_plan(bad, SMALL)
+
+
 def _run(run_dir, *extra, check=True, stages=CI):
     return run_cli("tools/extend_context.py", "--stages", str(stages), f"run.dir={run_dir}", *SMALL, *extra,
                    check=check)
