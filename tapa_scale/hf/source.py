@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import Config, ConfigError
-from ..model.config import ModelConfig, saved_rope_rule_problem, validate_model
+from ..model.config import saved_rope_rule_problem, validate_model
 from ..train.checkpoint import full_state_dict, resolve_checkpoint
 
 
