@@ -44,7 +44,7 @@ def cmd_plan(args) -> int:
     shape = shape_of(cfg.model, cfg.data.seq_len, args.vocab or vocab_of(cfg))
     batch = args.global_batch or cfg.train.global_batch_size or world
     preds = plan(shape, hw, nodes=args.nodes, gpus_per_node=args.gpus_per_node, global_batch=batch,
-                 recompute=("none", "full") if args.recompute else ("none",),
+                 recompute=("none", "selective", "full") if args.recompute else ("none",),
                  sharded_optimizer=(False,) if args.no_distributed_optimizer else (False, True))
     rows = [p.to_json() for p in preds]
     out = {"config": args.config, "seq_len": shape.seq_len, "vocab_size": shape.vocab_size, "nodes": args.nodes,
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=0)
     p.add_argument("--global-batch", type=int, default=0, help="sequences per step (default: the config's)")
     p.add_argument("--vocab", type=int, default=0, help="vocabulary (default: model.vocab_size or the tokenizer's)")
-    p.add_argument("--recompute", action="store_true", help="also price full activation recomputation")
+    p.add_argument("--recompute", action="store_true", help="also price selective and full activation recomputation")
     p.add_argument("--no-distributed-optimizer", action="store_true",
                    help="only layouts with a full optimizer copy per data-parallel rank")
     p.add_argument("--top", type=int, default=10)

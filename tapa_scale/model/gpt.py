@@ -96,9 +96,11 @@ def transformer_config(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32, 
     """megatron's TransformerConfig for our architecture; fusions that need CUDA extensions stay off.
 
     recompute="full": megatron's full activation recomputation, one layer at a time (each layer keeps
-    only its input and runs its forward again in backward)."""
-    rebuild = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1) \
-        if recompute == "full" else {}
+    only its input and runs its forward again in backward); "selective": megatron's selective
+    recomputation of the core attention (it keeps q, k, v and runs the attention again in backward)."""
+    rebuild = {"full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
+               "selective": dict(recompute_granularity="selective", recompute_modules=["core_attn"]),
+               "none": {}}[recompute]
     return TransformerConfig(**rebuild,
         num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_heads,
         num_query_groups=cfg.kv_heads, kv_channels=cfg.head_dim, ffn_hidden_size=cfg.ffn_size,

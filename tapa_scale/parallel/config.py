@@ -21,7 +21,7 @@ class ParallelConfig:
     distributed_optimizer: bool = False  # megatron's distributed optimizer: AdamW state sharded over data x context ranks
     overlap_grad_reduce: bool = False    # megatron DDP: reduce gradient buckets during backward (CUDA only)
     overlap_param_gather: bool = False   # distributed optimizer: all-gather updated weights during the next forward (CUDA only)
-    recompute: str = "none"         # none | full: every layer's activations rebuilt in backward (megatron's full recompute)
+    recompute: str = "none"         # none | selective (the core attention rebuilt in backward) | full (every layer's)
     backend: str = "auto"           # torch.distributed backend: auto (nccl on GPU, gloo on CPU) | gloo | nccl
 
 
@@ -74,8 +74,8 @@ def validate_parallel(p: ParallelConfig, *, num_heads: int, kv_heads: int, num_l
     if overlap and device == "cpu":
         errs.append(f"parallel.{overlap[0]}=true: megatron overlaps communication on CUDA streams; not "
                     f"available on the CPU (set it false there)")
-    if p.recompute not in ("none", "full"):
-        errs.append(f"parallel.recompute={p.recompute!r}: expected none or full")
+    if p.recompute not in ("none", "selective", "full"):
+        errs.append(f"parallel.recompute={p.recompute!r}: expected none, selective or full")
     if p.backend not in ("auto", "gloo", "nccl"):
         errs.append(f"parallel.backend={p.backend!r}: expected auto, gloo or nccl")
     return errs

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-RECOMPUTE = ("none", "full")
+RECOMPUTE = ("none", "selective", "full")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Layout:
     micro_batch: int = 1
     global_batch: int = 1                 # sequences per optimizer step
     distributed_optimizer: bool = False   # AdamW state sharded over data x context ranks
-    recompute: str = "none"               # none | full (every layer's activations rebuilt in backward)
+    recompute: str = "none"               # none | selective (the core attention rebuilt) | full (every layer)
     overlap_grad_reduce: bool = False     # gradient reduction overlapped with backward
 
     @property

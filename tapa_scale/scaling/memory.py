@@ -24,7 +24,8 @@ head-independent distance and mask. Context parallelism gathers K/V of the whole
 
 In flight: a pipeline stage holds the activations of ``p - rank`` micro-batches (1F1B) or
 ``2(p - 1) + (v - 1)p + 1`` model chunks (interleaved; Megatron's warm-up), the first stage the most.
-Full recomputation keeps only each layer's input. Transients on top: the logits of the loss (one
+Full recomputation keeps only each layer's input; selective recomputation drops what the attention
+implementation keeps (its inputs q, k, v are kept anyway). Transients on top: the logits of the loss (one
 piece, held with its gradient), the autocast weight copies (bf16, GPU), and, at the optimizer step,
 one float32 temporary per optimizer element (AdamW's foreach square root).
 """
@@ -104,6 +105,8 @@ def layer_activation_bytes(shape: Shape, lay: Layout, device: str, a: int) -> fl
     per_token = (2 * (8 * d + 4) + 2 * a * d) / sp + a * (2 * q + 2 * kv) + gqa_copy + 5 * a * f / lay.tp
     total = tokens * per_token
     impl = attention_impl(shape, device)
+    if lay.recompute == "selective":  # the core attention keeps only its inputs, counted above
+        return total
     if impl != "reference":
         total += tokens * (a * q + 4 * shape.num_heads / lay.tp)  # output and log-sum-exp
     elif tokens / lay.micro_batch <= CHUNK_QUERIES:

@@ -84,7 +84,7 @@ def _stage_microbatch(shape: Shape, lay: Layout, hw, stage: int, inter: dict) ->
     pairs = lay.micro_batch * shape.num_heads / lay.tp * shape.seq_len * (shape.seq_len + 1) / 2 / lay.cp
     impl = attention_impl(shape, hw.device)
     attn = hw.attention_time(impl, shape.family, int(n), pairs, hd, lay.micro_batch * shape.num_heads / lay.tp) \
-        * (4 / 3 if fwd == 2 else 1)
+        * (4 / 3 if lay.recompute in ("full", "selective") else 1)  # its forward run again in backward
     sp = lay.tp if lay.sequence_parallel else 1
     rotary = 6 * a * (q + kv) if shape.encoding in ("rope", "pi", "yarn", "llama3") else 0
     elem_fwd = (48 * d + 24 * d) / sp + 5 * a * f / lay.tp + 2 * a * (q + 2 * kv) + 2 * a * q + rotary

@@ -34,14 +34,22 @@ if mode == "hang":
 """
 
 
-def _snapshot():
+# Other tests' own files, which a test running beside this one on another pytest worker may be holding
+# in /tmp for a moment (tests/checkpoint/harness.py's run logs)
+OTHER_TESTS = re.compile(r"^tapa-run-.*\.log$")
+
+
+def _snapshot(private: Path):
+    """(/dev/shm entries, matching /tmp entries, everything in the child's own TMPDIR)."""
     shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    return shm, {n for n in os.listdir("/tmp") if TMP_PATTERN.match(n)}
+    tmp = {n for n in os.listdir("/tmp") if TMP_PATTERN.match(n) and not OTHER_TESTS.match(n)}
+    return shm, tmp, set(os.listdir(private)) if private.is_dir() else set()
 
 
 def _start(tmp_path, mode):
     src = write_jsonl(tmp_path / "in.jsonl", small_docs(6, 4000))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # the child's TMPDIR: whatever it leaves there is its own
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp_path / "tmp"))
     # stderr goes to a file: reading a pipe of a process that never exits would block the test
     with open(tmp_path / "stderr.txt", "w") as err:
         return subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(tmp_path / "out"),
@@ -49,10 +57,11 @@ def _start(tmp_path, mode):
                                 start_new_session=True)
 
 
-def _assert_clean(before):
-    shm, tmp = _snapshot()
+def _assert_clean(before, private: Path):
+    shm, tmp, own = _snapshot(private)
     assert not shm - before[0], f"left in /dev/shm: {sorted(shm - before[0])}"
     assert not tmp - before[1], f"left in /tmp: {sorted(tmp - before[1])}"
+    assert not own, f"left in the child's TMPDIR: {sorted(own)}"
 
 
 def _kill(proc):
@@ -63,18 +72,18 @@ def _kill(proc):
 
 
 def test_normal_exit_leaves_nothing(tmp_path):
-    before = _snapshot()
+    before = _snapshot(tmp_path / "tmp")
     proc = _start(tmp_path, "exit")
     try:
         out, _ = proc.communicate(timeout=90)
     finally:
         _kill(proc)
     assert proc.returncode == 0 and "ready" in out, (tmp_path / "stderr.txt").read_text()[-2000:]
-    _assert_clean(before)
+    _assert_clean(before, tmp_path / "tmp")
 
 
 def test_killed_run_leaves_nothing(tmp_path):
-    before = _snapshot()
+    before = _snapshot(tmp_path / "tmp")
     proc = _start(tmp_path, "hang")
     try:
         lines = iter(proc.stdout.readline, "")  # until "ready" or end of output
@@ -83,4 +92,4 @@ def test_killed_run_leaves_nothing(tmp_path):
     finally:
         _kill(proc)
     time.sleep(0.5)
-    _assert_clean(before)
+    _assert_clean(before, tmp_path / "tmp")

@@ -1,5 +1,6 @@
-"""parallel.recompute=full (megatron's full activation recomputation, one layer at a time): the same
-loss and gradients, bit for bit, as keeping the activations, with a fraction of the saved tensors.
+"""parallel.recompute=full (megatron's full activation recomputation, one layer at a time) and
+=selective (the core attention only): the same loss and gradients, bit for bit, as keeping the
+activations, with fewer saved tensors.
 
 Would catch: a recomputed forward that differs from the first (another RNG draw, positions or document
 ids not passed again: the gradients would differ), or a recompute that does not recompute (the saved
@@ -43,3 +44,9 @@ def test_full_recompute_gives_the_same_gradients_with_fewer_saved_activations(pr
     # kept: per layer the norms, q/k/v, attention, the SwiGLU's three [s, b, ffn] tensors ...; rebuilt:
     # each layer's input [s, b, h] and the loss head's inputs
     assert rebuilt < 0.35 * kept, (rebuilt, kept)
+    # selective: the core attention keeps only its inputs; at 64 tokens (one query chunk) the reference
+    # attention would keep its whole score block per head, which is what it no longer saves
+    attn_only, loss_c, grads_c = saved_bytes_loss_and_grads(cfg, "selective", ids, ids.roll(-1, 1), layout)
+    assert torch.equal(loss_a, loss_c) and all(torch.equal(grads_a[n], grads_c[n]) for n in grads_a)
+    scores = 4 * 2 * 4 * 64 * 64 * (20 if enc == "tapa" else 8)  # layers x batch x heads x pairs x bytes/pair
+    assert kept - attn_only >= 0.9 * scores and attn_only > rebuilt, (kept, attn_only, rebuilt, scores)
