@@ -48,6 +48,14 @@ def _tokens_md(groups: list) -> str:
     return "\n".join(lines)
 
 
+def runs_multiple(runs: dict) -> float:
+    """The extension's length over the pretraining's, from any extended run."""
+    for r in runs.values():
+        for rec in r.get("extended", {}).values():
+            return rec["seq_len"] / r["pretrain"]["seq_len"]
+    return 1.0
+
+
 def plot(runs: dict, h: dict, out_dir: Path, stem: str) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -73,7 +81,8 @@ def plot(runs: dict, h: dict, out_dir: Path, stem: str) -> list[Path]:
                 ms = sorted(row, key=int)
                 ax.plot([int(m) for m in ms], [_mean(row[m]) for m in ms], marker="o", label=name)
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            if section == "extended":
+                ax.axvline(runs_multiple(runs), color="grey", lw=0.8, ls="--")  # the extension's length
             ax.set(xlabel="multiple of the pretraining length", ylabel="perplexity",
                    title=f"{size} ({params[size]:,} params), {label}")
             ax.grid(True, alpha=0.3)
