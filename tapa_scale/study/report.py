@@ -1,7 +1,8 @@
 """Tables and figures of a study, regenerated from its raw results JSON alone (docs/study.md).
 
 Rows: each pretrained variant, and for a RoPE pretraining each rule as `<variant>+<rule>`; values are the
-mean over seeds (with the spread, max - min, where there are several). The headline comparison uses the
+mean over the seeds done so far (with half their range, where there are several; the seeds column says
+how many). The headline comparison uses the
 variants named `tapa`, `rope` and `nope`: TAPA's 1x gap in nats (mean NLL at the pretraining length,
 TAPA minus the other), the first multiple at which TAPA's perplexity is below RoPE's, and a least-squares
 line of the gap against log10 of the non-embedding parameter count, with its standard error.
@@ -49,8 +50,9 @@ def table(runs: dict, section: str, title: str) -> str:
     for size in (s for s in sizes if s in rows):
         cols = sorted({m for row in rows[size].values() for m in row}, key=int)
         lines = [f"**{title}, size {size} ({params[size]:,} non-embedding parameters)**", "",
-                 "| model | " + " | ".join(f"{m}×" for m in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(_cell(row[m]) if m in row else "–" for m in cols) + " |"
+                 "| model | seeds | " + " | ".join(f"{m}×" for m in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+        lines += [f"| {name} | {max(map(len, row.values()))} | "
+                  + " | ".join(_cell(row[m]) if m in row else "–" for m in cols) + " |"
                   for name, row in sorted(rows[size].items())]
         out.append("\n".join(lines))
     return "\n\n".join(out)
@@ -69,8 +71,9 @@ def passkey_table(runs: dict) -> str:
         return ""
     cols = sorted({m for row in acc.values() for m in row}, key=int)
     lines = ["**passkey accuracy after extension (mean over depths)**", "",
-             "| size model | " + " | ".join(f"{m}×" for m in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(_cell(row[m]) if m in row else "–" for m in cols) + " |"
+             "| size model | seeds | " + " | ".join(f"{m}×" for m in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    lines += [f"| {name} | {max(map(len, row.values()))} | "
+              + " | ".join(_cell(row[m]) if m in row else "–" for m in cols) + " |"
               for name, row in sorted(acc.items())]
     return "\n".join(lines)
 
