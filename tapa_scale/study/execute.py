@@ -124,11 +124,10 @@ def _zero_shot(study: Study, run: Run, ckpt: str, train_length: int, head_dim: i
 
 def run_one(study: Study, run: Run, results: Results, nproc: int = 1, log=print) -> None:
     """Every piece of one run that the results do not hold yet."""
-    from ..config import load_config
     from ..train.checkpoint import latest_checkpoint
 
     have = results.read()["runs"].get(run.name, {})
-    cfg = load_config(str(study.base), run.overrides, check_paths=False)
+    cfg = run.cfg  # resolved once, when the study file was loaded
     L, m = study.pretrain["seq_len"], study.extend["multiple"]
     head_dim, base = cfg.model.head_dim, cfg.model.rope.base
     pending_ext = [r for r in run.rules if r not in have.get("extended", {})]

@@ -52,6 +52,7 @@ class Run:
     pretrain_steps: Optional[int] = None   # the size's own pretraining steps (sizes.<size>.pretrain_steps)
     encoding: str = "tapa"
     rules: list = field(default_factory=list)   # extension rules this run is extended under (NONE included)
+    cfg: object = None                          # the resolved pretraining config (base + overrides)
 
 
 @dataclass
@@ -154,7 +155,7 @@ def _run(file, raw, base, overrides, rules, name, variant, size, seed) -> Run:
     if enc in RULE_ENCODINGS and enc != "rope":
         raise _fail(file, f"variants.{variant}: model.pos_encoding={enc}: the RoPE family's rules are applied to "
                           f"a plain rope pretraining (list them under `rules`), not pretrained")
-    return Run(name, variant, size, seed, o, lr_scale, steps, enc, [NONE, *rules] if enc == "rope" else [NONE])
+    return Run(name, variant, size, seed, o, lr_scale, steps, enc, [NONE, *rules] if enc == "rope" else [NONE], cfg)
 
 
 def rule_overrides(rule: dict, multiple: int, head_dim: int, base: float, train_length: int) -> list:
